@@ -1,0 +1,16 @@
+"""fastnn: Numba-compiled neural-network kernels with NumPy references."""
+
+from . import _config  # noqa: F401  (threading setup must come first)
+from ._config import get_num_threads, set_num_threads, threading_info
+from .functional import check_finite, get_backend, set_backend, set_check_finite, use_backend
+from .init import manual_seed
+from . import functional, init, nn  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "nn", "functional", "init",
+    "set_backend", "get_backend", "use_backend",
+    "set_check_finite", "check_finite", "manual_seed",
+    "set_num_threads", "get_num_threads", "threading_info",
+]

@@ -1,0 +1,466 @@
+"""The validated, allocating front of every kernel, and backend dispatch.
+
+Each function here checks its arguments (``_validate``), allocates the
+outputs it was not given, and calls the kernel of the selected backend:
+``"numba"`` (``fastnn.kernels``) or ``"numpy"`` (``fastnn.reference``).
+The modules in ``fastnn.nn`` call these functions with their own buffers.
+
+Backend selection, in order: the ``backend=`` argument, then the innermost
+``with use_backend(...)``, then ``set_backend(...)`` (default ``"numba"``,
+or the ``FASTNN_BACKEND`` environment variable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import numpy as np
+
+from . import _validate as V
+from .kernels import activations as K_act
+from .kernels import batchnorm as K_bn
+from .kernels import dropout as K_drop
+from .kernels import layernorm as K_ln
+from .kernels import linear as K_lin
+from .kernels import softmax_xent as K_xent
+from .reference import activations as R_act
+from .reference import batchnorm as R_bn
+from .reference import dropout as R_drop
+from .reference import layernorm as R_ln
+from .reference import linear as R_lin
+from .reference import softmax_xent as R_xent
+
+BACKENDS = ("numba", "numpy")
+_default_backend = os.environ.get("FASTNN_BACKEND", "numba")
+if _default_backend not in BACKENDS:
+    raise ValueError(f"FASTNN_BACKEND must be one of {BACKENDS}, got {_default_backend!r}")
+_local = threading.local()
+
+
+def _check_backend(name):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Select the default backend for all modules: ``"numba"`` or ``"numpy"``."""
+    global _default_backend
+    _default_backend = _check_backend(name)
+
+
+def get_backend() -> str:
+    return getattr(_local, "backend", None) or _default_backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run a block on another backend (this thread only)."""
+    prev = getattr(_local, "backend", None)
+    _local.backend = _check_backend(name)
+    try:
+        yield
+    finally:
+        _local.backend = prev
+
+
+def _numba(backend) -> bool:
+    if backend is None:
+        backend = getattr(_local, "backend", None) or _default_backend
+    elif backend not in BACKENDS:
+        _check_backend(backend)
+    return backend == "numba"
+
+
+# ---------------------------------------------------------------- finite checks
+
+_check_finite = os.environ.get("FASTNN_CHECK_FINITE", "") not in ("", "0")
+
+
+def set_check_finite(enabled: bool) -> None:
+    """Opt-in debug mode: every op checks its inputs and outputs for NaN/Inf
+    and raises ``FloatingPointError`` naming the op and the array."""
+    global _check_finite
+    _check_finite = bool(enabled)
+
+
+@contextlib.contextmanager
+def check_finite(enabled: bool = True):
+    global _check_finite
+    prev = _check_finite
+    _check_finite = bool(enabled)
+    try:
+        yield
+    finally:
+        _check_finite = prev
+
+
+def _finite(op: str, role: str, **arrays) -> None:
+    for name, a in arrays.items():
+        if a is not None and not np.isfinite(a).all():
+            raise FloatingPointError(
+                f"{op} {role} a non-finite value in {name!r} "
+                f"({int((~np.isfinite(a)).sum())} of {a.size} entries are NaN or Inf)"
+            )
+
+
+def _new(out, name, shape, dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    return V.out_array(name, out, shape, dtype)
+
+
+# ---------------------------------------------------------------------- linear
+
+
+def linear(x, W, b=None, *, out=None, backend=None):
+    """y = x @ W + b. x: (N, D), W: (D, H), b: (H,) or None -> y: (N, H)."""
+    W = V.float_array("W", W, ndim=2)
+    x = V.float_array("x", x, ndim=2, dtype=W.dtype)
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(
+            f"x has {x.shape[1]} features (shape {x.shape}) but W expects {W.shape[0]} (shape {W.shape})"
+        )
+    if b is not None:
+        b = V.float_array("b", b, ndim=1, dtype=W.dtype)
+        if b.shape[0] != W.shape[1]:
+            raise ValueError(f"b must have shape ({W.shape[1]},) to match W {W.shape}, got {b.shape}")
+    y = _new(out, "out", (x.shape[0], W.shape[1]), W.dtype)
+    if _check_finite:
+        _finite("linear_forward", "received", x=x, W=W, b=b)
+    (K_lin if _numba(backend) else R_lin).linear_forward(y, x, W, b)
+    if _check_finite:
+        _finite("linear_forward", "produced", y=y)
+    return y
+
+
+def linear_backward(dy, x, W, *, dW=None, db=None, need_dx=True, has_bias=True, backend=None):
+    """Gradients of y = x @ W + b. Returns (dx, dW, db); dx is None when not needed.
+
+    dW and db, when given, are overwritten in place.
+    """
+    W = V.float_array("W", W, ndim=2)
+    x = V.float_array("x", x, ndim=2, dtype=W.dtype)
+    dy = V.float_array("dy", dy, ndim=2, dtype=W.dtype)
+    n, h = x.shape[0], W.shape[1]
+    if x.shape[1] != W.shape[0]:
+        raise ValueError(f"x has {x.shape[1]} features but W expects {W.shape[0]}")
+    if dy.shape != (n, h):
+        raise ValueError(f"dy must have shape {(n, h)} (the layer's output), got {dy.shape}")
+    dW = _new(dW, "dW", W.shape, W.dtype)
+    db = _new(db, "db", (h,), W.dtype) if has_bias else None
+    dx = np.empty(x.shape, W.dtype) if need_dx else None
+    if _check_finite:
+        _finite("linear_backward", "received", dy=dy)
+    (K_lin if _numba(backend) else R_lin).linear_backward(dx, dW, db, dy, x, W)
+    if _check_finite:
+        _finite("linear_backward", "produced", dx=dx, dW=dW, db=db)
+    return dx, dW, db
+
+
+# ----------------------------------------------------------------- activations
+
+_ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu")
+# Backward of these takes the forward's output instead of its input.
+SAVES_OUTPUT = frozenset({"sigmoid", "tanh"})
+
+
+def _act_args(name, alpha):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {name!r}")
+    return (V.real("alpha", alpha),) if name == "leaky_relu" else ()
+
+
+def activation(name, x, *, alpha=0.01, out=None, backend=None):
+    """y = act(x), elementwise, any shape, dtype preserved."""
+    extra = _act_args(name, alpha)
+    x = V.float_array("x", x)
+    y = _new(out, "out", x.shape, x.dtype)
+    if _check_finite:
+        _finite(f"{name}_forward", "received", x=x)
+    fwd = name + "_forward"
+    if _numba(backend):
+        getattr(K_act, fwd)(y.reshape(-1), x.reshape(-1), *extra, work=x.size)
+    else:
+        getattr(R_act, fwd)(y.reshape(-1), x.reshape(-1), *extra)
+    if _check_finite:
+        _finite(fwd, "produced", y=y)
+    return y
+
+
+def activation_backward(name, dy, saved, *, alpha=0.01, out=None, backend=None):
+    """dx for act; ``saved`` is the forward's input x, or its output y for
+    sigmoid and tanh (``SAVES_OUTPUT``)."""
+    extra = _act_args(name, alpha)
+    saved = V.float_array("y" if name in SAVES_OUTPUT else "x", saved)
+    dy = V.float_array("dy", dy, dtype=saved.dtype)
+    V.same_shape("dy", dy, "the forward's input", saved)
+    dx = _new(out, "out", saved.shape, saved.dtype)
+    if _check_finite:
+        _finite(f"{name}_backward", "received", dy=dy)
+    bwd = name + "_backward"
+    if _numba(backend):
+        getattr(K_act, bwd)(dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), *extra, work=dy.size)
+    else:
+        getattr(R_act, bwd)(dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), *extra)
+    if _check_finite:
+        _finite(bwd, "produced", dx=dx)
+    return dx
+
+
+def relu(x, **kw):
+    return activation("relu", x, **kw)
+
+
+def leaky_relu(x, alpha=0.01, **kw):
+    return activation("leaky_relu", x, alpha=alpha, **kw)
+
+
+def sigmoid(x, **kw):
+    return activation("sigmoid", x, **kw)
+
+
+def tanh(x, **kw):
+    return activation("tanh", x, **kw)
+
+
+def gelu(x, **kw):
+    return activation("gelu", x, **kw)
+
+
+def silu(x, **kw):
+    return activation("silu", x, **kw)
+
+
+# --------------------------------------------------------- softmax + x-entropy
+
+
+def softmax_xent(logits, target, *, probs=None, losses=None, backend=None):
+    """Mean cross-entropy of softmax(logits) against integer labels (N,) or
+    one-hot/soft targets (N, C). Returns (loss, probs, target) where target
+    is the validated labels/targets array to pass to the backward."""
+    logits = V.float_array("logits", logits, ndim=2)
+    n, c = logits.shape
+    numba_ = _numba(backend)
+    if isinstance(target, np.ndarray) and target.dtype.kind == "f" or (
+        isinstance(target, np.ndarray) and target.ndim == 2
+    ):
+        target = V.targets_array("y", target, (n, c), logits.dtype)
+        fwd = (K_xent if numba_ else R_xent).softmax_xent_forward_targets
+    else:
+        target = V.labels_array("y", target, n, c)
+        fwd = (K_xent if numba_ else R_xent).softmax_xent_forward_labels
+    probs = _new(probs, "probs", (n, c), logits.dtype)
+    losses = _new(losses, "losses", (n,), logits.dtype)
+    if _check_finite:
+        _finite("softmax_xent_forward", "received", logits=logits)
+    if numba_:
+        fwd(probs, losses, logits, target, work=logits.size)
+    else:
+        fwd(probs, losses, logits, target)
+    loss = float(losses.mean(dtype=np.float64))
+    if _check_finite:
+        _finite("softmax_xent_forward", "produced", loss=np.asarray(loss))
+    return loss, probs, target
+
+
+def softmax_xent_backward(probs, target, *, out=None, backend=None):
+    """dlogits = (probs - onehot(target)) / N; ``target`` as returned by softmax_xent."""
+    probs = V.float_array("probs", probs, ndim=2)
+    n, c = probs.shape
+    numba_ = _numba(backend)
+    if target.ndim == 2:
+        target = V.targets_array("y", target, (n, c), probs.dtype)
+        bwd = (K_xent if numba_ else R_xent).softmax_xent_backward_targets
+    else:
+        target = V.labels_array("y", target, n, c)
+        bwd = (K_xent if numba_ else R_xent).softmax_xent_backward_labels
+    d = _new(out, "out", (n, c), probs.dtype)
+    if numba_:
+        bwd(d, probs, target, work=probs.size)
+    else:
+        bwd(d, probs, target)
+    return d
+
+
+# ------------------------------------------------------------------- batchnorm
+
+
+def _norm_params(x, gamma, beta, eps, d):
+    gamma = V.float_array("gamma", gamma, ndim=1, dtype=x.dtype)
+    beta = V.float_array("beta", beta, ndim=1, dtype=x.dtype)
+    if gamma.shape[0] != d or beta.shape[0] != d:
+        raise ValueError(f"gamma and beta must have shape ({d},) to match x's last axis, got {gamma.shape} and {beta.shape}")
+    eps = V.real("eps", eps, lo=0, lo_open=True)
+    return gamma, beta, eps
+
+
+def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, running_var=None,
+              momentum=0.1, out=None, backend=None):
+    """Batch normalisation of x: (N, D) over axis 0.
+
+    training: normalise with batch statistics (N >= 2) and, when running_mean
+    and running_var are given, update them in place as in the seed:
+    running = (1 - momentum) * running + momentum * batch (biased variance).
+    eval: normalise with running_mean and running_var.
+    Returns (y, mean, rstd); mean and rstd are None in eval mode.
+    """
+    x = V.float_array("x", x, ndim=2)
+    n, d = x.shape
+    gamma, beta, eps = _norm_params(x, gamma, beta, eps, d)
+    momentum = V.real("momentum", momentum, lo=0, hi=1)
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r is not None:
+            V.out_array(name, r, (d,), x.dtype)
+    numba_ = _numba(backend)
+    y = _new(out, "out", (n, d), x.dtype)
+    if _check_finite:
+        _finite("batchnorm_forward", "received", x=x)
+    if not training:
+        if running_mean is None or running_var is None:
+            raise ValueError("eval mode needs running_mean and running_var")
+        if numba_:
+            K_bn.batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps, work=x.size)
+        else:
+            R_bn.batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps)
+        mean = rstd = None
+    else:
+        if n < 2:
+            raise ValueError(
+                f"batchnorm in training mode needs more than 1 sample per batch to compute a "
+                f"variance, got x of shape {x.shape} (use eval mode for single samples)"
+            )
+        mean = np.empty(d, x.dtype)
+        var = np.empty(d, x.dtype)
+        rstd = np.empty(d, x.dtype)
+        if numba_:
+            K_bn.batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps, work=x.size)
+        else:
+            R_bn.batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps)
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+        if running_var is not None:
+            running_var *= 1 - momentum
+            running_var += momentum * var
+    if _check_finite:
+        _finite("batchnorm_forward", "produced", y=y)
+    return y, mean, rstd
+
+
+def batchnorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, backend=None):
+    """Returns (dx, dgamma, dbeta); dgamma/dbeta, when given, are overwritten."""
+    x = V.float_array("x", x, ndim=2)
+    n, d = x.shape
+    dy = V.float_array("dy", dy, ndim=2, dtype=x.dtype)
+    V.same_shape("dy", dy, "x", x)
+    mean = V.float_array("mean", mean, ndim=1, dtype=x.dtype)
+    rstd = V.float_array("rstd", rstd, ndim=1, dtype=x.dtype)
+    gamma = V.float_array("gamma", gamma, ndim=1, dtype=x.dtype)
+    for name, a in (("mean", mean), ("rstd", rstd), ("gamma", gamma)):
+        if a.shape != (d,):
+            raise ValueError(f"{name} must have shape ({d},), got {a.shape}")
+    dgamma = _new(dgamma, "dgamma", (d,), x.dtype)
+    dbeta = _new(dbeta, "dbeta", (d,), x.dtype)
+    dx = np.empty_like(x)
+    if _numba(backend):
+        K_bn.batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, work=x.size)
+    else:
+        R_bn.batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma)
+    if _check_finite:
+        _finite("batchnorm_backward", "produced", dx=dx)
+    return dx, dgamma, dbeta
+
+
+# ------------------------------------------------------------------- layernorm
+
+
+def layernorm(x, gamma, beta, *, eps=1e-5, out=None, backend=None):
+    """Layer normalisation over the last axis of x (any ndim >= 1).
+    Returns (y, mean, rstd) with mean, rstd of shape x.shape[:-1]."""
+    x = V.float_array("x", x)
+    d = x.shape[-1]
+    gamma, beta, eps = _norm_params(x, gamma, beta, eps, d)
+    x2 = x.reshape(-1, d)
+    m = x2.shape[0]
+    y = _new(out, "out", x.shape, x.dtype)
+    mean = np.empty(m, x.dtype)
+    rstd = np.empty(m, x.dtype)
+    if _check_finite:
+        _finite("layernorm_forward", "received", x=x)
+    if _numba(backend):
+        K_ln.layernorm_forward(y.reshape(-1, d), mean, rstd, x2, gamma, beta, eps, work=x.size)
+    else:
+        R_ln.layernorm_forward(y.reshape(-1, d), mean, rstd, x2, gamma, beta, eps)
+    if _check_finite:
+        _finite("layernorm_forward", "produced", y=y)
+    return y, mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, backend=None):
+    """Returns (dx, dgamma, dbeta); dgamma/dbeta, when given, are overwritten."""
+    x = V.float_array("x", x)
+    d = x.shape[-1]
+    dy = V.float_array("dy", dy, dtype=x.dtype)
+    V.same_shape("dy", dy, "x", x)
+    gamma = V.float_array("gamma", gamma, ndim=1, dtype=x.dtype)
+    if gamma.shape != (d,):
+        raise ValueError(f"gamma must have shape ({d},), got {gamma.shape}")
+    m = x.size // d
+    mean = V.float_array("mean", mean, dtype=x.dtype).reshape(-1)
+    rstd = V.float_array("rstd", rstd, dtype=x.dtype).reshape(-1)
+    if mean.shape != (m,) or rstd.shape != (m,):
+        raise ValueError(f"mean and rstd must have {m} entries (one per row of x), got {mean.size} and {rstd.size}")
+    dgamma = _new(dgamma, "dgamma", (d,), x.dtype)
+    dbeta = _new(dbeta, "dbeta", (d,), x.dtype)
+    dx = np.empty_like(x)
+    args = (dx.reshape(-1, d), dgamma, dbeta, dy.reshape(-1, d), x.reshape(-1, d), mean, rstd, gamma)
+    if _numba(backend):
+        K_ln.layernorm_backward(*args, work=x.size)
+    else:
+        R_ln.layernorm_backward(*args)
+    if _check_finite:
+        _finite("layernorm_backward", "produced", dx=dx)
+    return dx, dgamma, dbeta
+
+
+# --------------------------------------------------------------------- dropout
+
+
+def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=None):
+    """Inverted dropout: returns (y, mask). The mask (uint8, x's shape) depends
+    only on (seed, step) and the element's index. In eval mode, or with
+    p == 0, y is x itself and mask is None."""
+    p = V.real("p", p, lo=0, hi=1, hi_open=True)
+    x = V.float_array("x", x)
+    if not training or p == 0.0:
+        return x, None
+    y = _new(out, "out", x.shape, x.dtype)
+    mask = _new(mask, "mask", x.shape, np.dtype(np.uint8))
+    key = K_drop.dropout_key(int(seed), int(step))
+    args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), key, K_drop.dropout_threshold(p), 1.0 / (1.0 - p))
+    if _numba(backend):
+        K_drop.dropout_forward(*args, work=x.size)
+    else:
+        R_drop.dropout_forward(*args)
+    return y, mask
+
+
+def dropout_backward(dy, mask, p, *, out=None, backend=None):
+    """dx = dy * mask / (1 - p); mask as returned by dropout (None: identity)."""
+    p = V.real("p", p, lo=0, hi=1, hi_open=True)
+    dy = V.float_array("dy", dy)
+    if mask is None:
+        return dy
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.shape != dy.shape:
+        raise ValueError(f"mask must be the uint8 mask of shape {dy.shape} returned by dropout")
+    mask = np.ascontiguousarray(mask)
+    dx = _new(out, "out", dy.shape, dy.dtype)
+    args = (dx.reshape(-1), dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p))
+    if _numba(backend):
+        K_drop.dropout_backward(*args, work=dy.size)
+    else:
+        R_drop.dropout_backward(*args)
+    return dx

@@ -1,0 +1,78 @@
+"""Softmax fused with cross-entropy, numerically stable.
+
+Shapes: ``N`` batch, ``C`` classes. ``logits: (N, C)``, ``probs: (N, C)``,
+``losses: (N,)`` per-sample loss, the batch loss is ``losses.mean()``.
+Targets are either integer ``labels: (N,)`` in [0, C) (the ``*_labels``
+kernels; the caller has checked the range: these kernels index with them)
+or ``targets: (N, C)`` one-hot or soft rows that sum to 1.
+
+The loss is ``logsumexp(z) - z[y]``. The seed computes
+``-log(softmax(z)[y] + 1e-8)`` instead: that biases every loss by about
+1e-8/p and caps it at -log(1e-8) = 18.4 when p underflows; the logsumexp
+form is exact and never takes log(0).
+Backward: ``dlogits = (probs - onehot(y)) / N`` (overwritten).
+"""
+
+import numpy as np
+from numba import prange
+
+from .._config import jit_helper, kernel, typed
+
+
+@jit_helper
+def _softmax_row(p, z):
+    """p = softmax(z) for one row; returns logsumexp(z) as float64."""
+    m = z[0]
+    for j in range(1, z.shape[0]):
+        if z[j] > m:
+            m = z[j]
+    s = 0.0
+    for j in range(z.shape[0]):
+        e = np.exp(z[j] - m)
+        p[j] = e
+        s += e
+    inv = typed(p, 1.0 / s)
+    for j in range(z.shape[0]):
+        p[j] *= inv
+    return m + np.log(s)
+
+
+@kernel
+def softmax_xent_forward_labels(probs, losses, logits, labels):
+    """probs = softmax(logits), losses[i] = logsumexp(logits[i]) - logits[i, labels[i]]."""
+    for i in prange(logits.shape[0]):
+        lse = _softmax_row(probs[i], logits[i])
+        losses[i] = lse - logits[i, labels[i]]
+
+
+@kernel
+def softmax_xent_backward_labels(dlogits, probs, labels):
+    """dlogits = (probs - onehot(labels)) / N."""
+    n, c = probs.shape
+    inv_n = typed(probs, 1.0 / n)
+    for i in prange(n):
+        for j in range(c):
+            dlogits[i, j] = probs[i, j] * inv_n
+        dlogits[i, labels[i]] -= inv_n
+
+
+@kernel
+def softmax_xent_forward_targets(probs, losses, logits, targets):
+    """probs = softmax(logits), losses[i] = sum_j targets[i, j] (logsumexp(logits[i]) - logits[i, j])."""
+    n, c = logits.shape
+    for i in prange(n):
+        lse = _softmax_row(probs[i], logits[i])
+        acc = 0.0
+        for j in range(c):
+            acc += targets[i, j] * (lse - logits[i, j])
+        losses[i] = acc
+
+
+@kernel
+def softmax_xent_backward_targets(dlogits, probs, targets):
+    """dlogits = (probs - targets) / N."""
+    n, c = probs.shape
+    inv_n = typed(probs, 1.0 / n)
+    for i in prange(n):
+        for j in range(c):
+            dlogits[i, j] = (probs[i, j] - targets[i, j]) * inv_n

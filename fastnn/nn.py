@@ -1,0 +1,505 @@
+"""Modules: thin, stateful wrappers around ``fastnn.functional``.
+
+A module holds its parameters (``Parameter``: an ndarray with a ``.grad``),
+caches in ``forward`` what ``backward`` needs, and runs on the backend given
+by its ``backend`` attribute (``None``: the global one, see
+``fastnn.set_backend``).
+
+Gradient semantics: ``backward`` **overwrites** each parameter's gradient
+(as the seed's ``self.dW = self.x.T @ dout``); it never accumulates.
+``zero_grad()`` sets them to zero, which only matters for a parameter that
+got no backward since. A module instance may therefore appear only once in
+a model (its forward cache holds one input).
+
+Arrays returned by ``forward``/``backward`` are fresh arrays; the module keeps
+a reference to what its backward needs, so do not modify them in place
+before calling ``backward``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as V
+from . import functional as F
+from . import init as _init
+
+
+class Parameter(np.ndarray):
+    """A trainable array; ``p.grad`` is its gradient (same shape and dtype).
+
+    Arithmetic on a Parameter gives plain ndarrays; slices are views without
+    a ``grad``.
+    """
+
+    def __new__(cls, data, dtype=None):
+        arr = np.array(data, dtype=dtype, order="C", copy=True)
+        obj = arr.view(cls)
+        obj.grad = np.zeros(arr.shape, arr.dtype)
+        return obj
+
+    def __array_finalize__(self, obj):
+        if not hasattr(self, "grad"):
+            self.grad = None
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        if return_scalar:
+            return arr[()]
+        return arr.view(np.ndarray) if type(arr) is not np.ndarray else arr
+
+    def __reduce__(self):
+        return (Parameter, (np.asarray(self),))
+
+    def __repr__(self) -> str:
+        return "Parameter(" + repr(np.asarray(self))[6:]
+
+
+def _plain(a: np.ndarray) -> np.ndarray:
+    return a.view(np.ndarray) if type(a) is not np.ndarray else a
+
+
+class Module:
+    """Base class: parameters, train/eval, state_dict, backend."""
+
+    training = True
+    _backend = None
+
+    # -- what a subclass declares
+    def _named_params(self):
+        """(name, Parameter) pairs owned directly by this module."""
+        return []
+
+    def _named_buffers(self):
+        """(name, ndarray) non-trainable state saved in state_dict."""
+        return []
+
+    def _children(self):
+        return []
+
+    # -- the PyTorch-shaped API
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x, training=None):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, dout):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._named_params():
+            yield prefix + name, p
+        for i, child in self._children():
+            yield from child.named_parameters(f"{prefix}{i}.")
+
+    def parameters(self) -> list:
+        """The trainable arrays, each a ``Parameter`` whose ``.grad`` the
+        backward writes; pass this list to an optimizer."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = ""):
+        for name, b in self._named_buffers():
+            yield prefix + name, b
+        for i, child in self._children():
+            yield from child.named_buffers(f"{prefix}{i}.")
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        for _, child in self._children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    @property
+    def backend(self):
+        """``"numba"``, ``"numpy"`` or None (follow ``fastnn.set_backend``)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name):
+        if name is not None:
+            F._check_backend(name)
+        self._backend = name
+        for _, child in self._children():
+            child.backend = name
+
+    def state_dict(self) -> dict:
+        """Copies of every parameter and buffer, by dotted name."""
+        out = {name: np.array(p) for name, p in self.named_parameters()}
+        out.update({name: np.array(b) for name, b in self.named_buffers()})
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Copy arrays into the existing parameters and buffers (in place, so
+        optimizers keep their references). Names, shapes and dtypes must
+        match; every difference is listed in the error."""
+        targets = dict(self.named_parameters())
+        targets.update(self.named_buffers())
+        problems = []
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        if missing:
+            problems.append(f"missing: {missing}")
+        if unexpected:
+            problems.append(f"unexpected: {unexpected}")
+        for name in sorted(set(targets) & set(state)):
+            src, dst = np.asarray(state[name]), targets[name]
+            if src.shape != dst.shape:
+                problems.append(f"{name}: shape {src.shape} in the state, {dst.shape} in the model")
+            elif src.dtype != dst.dtype:
+                problems.append(f"{name}: dtype {src.dtype} in the state, {dst.dtype} in the model")
+        if problems:
+            raise ValueError("state does not match the model: " + "; ".join(problems))
+        for name, dst in targets.items():
+            dst[...] = state[name]
+
+    def _is_training(self, training) -> bool:
+        return self.training if training is None else bool(training)
+
+    def _need(self, cached, what="forward"):
+        if cached is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before {what}")
+        return cached
+
+
+class Linear(Module):
+    """y = x @ W + b, with ``W: (in_features, out_features)`` as in the seed.
+
+    init: ``"he"`` (default, for ReLU) or ``"xavier"`` (for sigmoid/tanh).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 init: str = "he", dtype=np.float32, rng=None):
+        self.in_features = V.positive_int("in_features", in_features)
+        self.out_features = V.positive_int("out_features", out_features)
+        if init not in _init.INITIALIZERS:
+            raise ValueError(f"init must be one of {sorted(_init.INITIALIZERS)}, got {init!r}")
+        dtype = V.float_dtype("dtype", dtype)
+        self.W = Parameter(_init.INITIALIZERS[init](in_features, out_features, dtype=dtype, rng=rng))
+        self.b = Parameter(np.zeros(out_features, dtype)) if bias else None
+        self.x = None
+
+    @property
+    def dtype(self):
+        return self.W.dtype
+
+    @property
+    def dW(self):
+        return self.W.grad
+
+    @property
+    def db(self):
+        return None if self.b is None else self.b.grad
+
+    def _named_params(self):
+        return [("W", self.W)] + ([("b", self.b)] if self.b is not None else [])
+
+    def forward(self, x, training=None):
+        x = V.float_array("x", x, ndim=2, dtype=self.W.dtype)
+        if x.shape[1] != self.in_features:
+            raise ValueError(
+                f"x must have shape (N, {self.in_features}) for {self!r}, got {x.shape}"
+            )
+        self.x = x
+        return F.linear(x, _plain(self.W), None if self.b is None else _plain(self.b), backend=self._backend)
+
+    def backward(self, dout, need_dx: bool = True):
+        x = self._need(self.x)
+        dx, _, _ = F.linear_backward(
+            dout, x, _plain(self.W), dW=self.W.grad,
+            db=None if self.b is None else self.b.grad,
+            need_dx=need_dx, has_bias=self.b is not None, backend=self._backend,
+        )
+        return dx
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}{'' if self.b is not None else ', bias=False'})"
+
+
+class _Activation(Module):
+    name = ""
+
+    def __init__(self):
+        self.saved = None
+
+    def forward(self, x, training=None):
+        y = F.activation(self.name, x, alpha=getattr(self, "alpha", 0.01), backend=self._backend)
+        self.saved = y if self.name in F.SAVES_OUTPUT else V.float_array("x", x)
+        return y
+
+    def backward(self, dout):
+        saved = self._need(self.saved)
+        return F.activation_backward(self.name, dout, saved, alpha=getattr(self, "alpha", 0.01),
+                                     backend=self._backend)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ReLU(_Activation):
+    """max(x, 0)."""
+    name = "relu"
+
+
+class LeakyReLU(_Activation):
+    """x if x > 0 else alpha * x."""
+    name = "leaky_relu"
+
+    def __init__(self, alpha: float = 0.01):
+        super().__init__()
+        self.alpha = V.real("alpha", alpha)
+
+    def __repr__(self):
+        return f"LeakyReLU(alpha={self.alpha})"
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), overflow-free."""
+    name = "sigmoid"
+
+
+class Tanh(_Activation):
+    name = "tanh"
+
+
+class GELU(_Activation):
+    """The tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    name = "gelu"
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x) (Swish)."""
+    name = "silu"
+
+
+Swish = SiLU
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and
+    scale the rest by 1/(1-p); identity in eval mode.
+
+    The mask depends only on (seed, step, element index): ``seed`` defaults
+    to a draw from fastnn's generator (``fastnn.manual_seed``), ``step``
+    counts this module's training forwards. Same seed, same masks, on both
+    backends and for any thread count.
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None):
+        self.p = V.real("p", p, lo=0, hi=1, hi_open=True)
+        if seed is None:
+            seed = int(_init.default_rng().integers(0, 2**63 - 1))
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.seed = int(seed)
+        self.step = 0
+        self.mask = None
+
+    def _named_buffers(self):
+        return [("step", np.array(self.step, dtype=np.int64))]
+
+    def load_state_dict(self, state):
+        if "step" in state:
+            self.step = int(np.asarray(state["step"]))
+        super().load_state_dict({k: v for k, v in state.items() if k != "step"})
+
+    def forward(self, x, training=None):
+        training = self._is_training(training)
+        if training and self.p > 0:
+            self.step += 1
+        y, self.mask = F.dropout(x, self.p, seed=self.seed, step=self.step,
+                                 training=training, backend=self._backend)
+        return y
+
+    def backward(self, dout):
+        return F.dropout_backward(dout, self.mask, self.p, backend=self._backend)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+class BatchNorm(Module):
+    """Batch normalisation over axis 0 of ``x: (N, dim)``.
+
+    Training: batch mean and biased variance; the running statistics follow
+    ``running = (1 - momentum) * running + momentum * batch`` (the seed's
+    rule; PyTorch stores the unbiased variance instead). Eval: the running
+    statistics. A training batch needs at least 2 samples.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float32):
+        self.dim = V.positive_int("dim", dim)
+        self.eps = V.real("eps", eps, lo=0, lo_open=True)
+        self.momentum = V.real("momentum", momentum, lo=0, hi=1)
+        dtype = V.float_dtype("dtype", dtype)
+        self.gamma = Parameter(np.ones(dim, dtype))
+        self.beta = Parameter(np.zeros(dim, dtype))
+        self.running_mean = np.zeros(dim, dtype)
+        self.running_var = np.ones(dim, dtype)
+        self._cache = None
+
+    @property
+    def dgamma(self):
+        return self.gamma.grad
+
+    @property
+    def dbeta(self):
+        return self.beta.grad
+
+    def _named_params(self):
+        return [("gamma", self.gamma), ("beta", self.beta)]
+
+    def _named_buffers(self):
+        return [("running_mean", self.running_mean), ("running_var", self.running_var)]
+
+    def forward(self, x, training=None):
+        x = V.float_array("x", x, ndim=2, dtype=self.gamma.dtype)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (N, {self.dim}) for {self!r}, got {x.shape}")
+        training = self._is_training(training)
+        y, mean, rstd = F.batchnorm(
+            x, _plain(self.gamma), _plain(self.beta), eps=self.eps, training=training,
+            running_mean=self.running_mean, running_var=self.running_var,
+            momentum=self.momentum, backend=self._backend,
+        )
+        self._cache = (x, mean, rstd) if training else None
+        return y
+
+    def backward(self, dout):
+        x, mean, rstd = self._need(self._cache, "a training-mode forward")
+        dx, _, _ = F.batchnorm_backward(dout, x, mean, rstd, _plain(self.gamma),
+                                        dgamma=self.gamma.grad, dbeta=self.beta.grad,
+                                        backend=self._backend)
+        return dx
+
+    def __repr__(self):
+        return f"BatchNorm({self.dim}, eps={self.eps}, momentum={self.momentum})"
+
+
+BatchNorm1d = BatchNorm
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the last axis (of size ``dim``)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, *, dtype=np.float32):
+        self.dim = V.positive_int("dim", dim)
+        self.eps = V.real("eps", eps, lo=0, lo_open=True)
+        dtype = V.float_dtype("dtype", dtype)
+        self.gamma = Parameter(np.ones(dim, dtype))
+        self.beta = Parameter(np.zeros(dim, dtype))
+        self._cache = None
+
+    @property
+    def dgamma(self):
+        return self.gamma.grad
+
+    @property
+    def dbeta(self):
+        return self.beta.grad
+
+    def _named_params(self):
+        return [("gamma", self.gamma), ("beta", self.beta)]
+
+    def forward(self, x, training=None):
+        x = V.float_array("x", x, dtype=self.gamma.dtype)
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x's last axis must have size {self.dim} for {self!r}, got shape {x.shape}")
+        y, mean, rstd = F.layernorm(x, _plain(self.gamma), _plain(self.beta), eps=self.eps,
+                                    backend=self._backend)
+        self._cache = (x, mean, rstd)
+        return y
+
+    def backward(self, dout):
+        x, mean, rstd = self._need(self._cache)
+        dx, _, _ = F.layernorm_backward(dout, x, mean, rstd, _plain(self.gamma),
+                                        dgamma=self.gamma.grad, dbeta=self.beta.grad,
+                                        backend=self._backend)
+        return dx
+
+    def __repr__(self):
+        return f"LayerNorm({self.dim}, eps={self.eps})"
+
+
+class SoftmaxCrossEntropy(Module):
+    """Mean cross-entropy of softmax(logits).
+
+    ``forward(logits, y)`` returns the loss as a float; ``y`` is integer class
+    indices (N,) or one-hot/soft targets (N, C). ``backward()`` returns
+    dlogits = (softmax(logits) - onehot(y)) / N.
+    """
+
+    def __init__(self):
+        self.probs = None
+        self._target = None
+
+    def forward(self, logits, y, training=None):
+        loss, self.probs, self._target = F.softmax_xent(logits, y, backend=self._backend)
+        return loss
+
+    def backward(self, dout=None):
+        probs = self._need(self.probs)
+        d = F.softmax_xent_backward(probs, self._target, backend=self._backend)
+        if dout is not None:
+            d *= V.real("dout", dout)
+        return d
+
+    def __repr__(self):
+        return "SoftmaxCrossEntropy()"
+
+
+class Sequential(Module):
+    """Layers applied in order; ``backward`` runs them in reverse.
+
+    ``Sequential(layers, backend=None)``. ``forward(x, training=None)``
+    follows ``train()``/``eval()`` unless ``training`` is given.
+    ``backward(dout, need_input_grad=True)``: with False the first layer
+    skips the gradient with respect to the input (one matrix product fewer)
+    and None is returned.
+    """
+
+    def __init__(self, layers, backend=None):
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}] must be a fastnn Module, got {type(layer).__name__}")
+        if len({id(m) for m in layers}) != len(layers):
+            raise ValueError("a module instance may appear only once in a Sequential")
+        self.layers = layers
+        self.backend = backend
+
+    def _children(self):
+        return list(enumerate(self.layers))
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x, training=None):
+        training = self._is_training(training)
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    def backward(self, dout, need_input_grad: bool = True):
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if i == 0 and isinstance(layer, Linear):
+                return layer.backward(dout, need_dx=need_input_grad)
+            dout = layer.backward(dout)
+        return dout
+
+    def __repr__(self):
+        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"Sequential([\n{inner}\n])"

@@ -1,0 +1,32 @@
+"""NumPy reference for ``fastnn.kernels.softmax_xent`` (same names, same signatures)."""
+
+import numpy as np
+
+
+def _log_softmax(z):
+    m = z.max(axis=1, keepdims=True)
+    lse = m + np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    return z - lse
+
+
+def softmax_xent_forward_labels(probs, losses, logits, labels):
+    logp = _log_softmax(logits)
+    probs[...] = np.exp(logp)
+    losses[...] = -logp[np.arange(len(labels)), labels]
+
+
+def softmax_xent_backward_labels(dlogits, probs, labels):
+    n = probs.shape[0]
+    dlogits[...] = probs
+    dlogits[np.arange(n), labels] -= 1
+    dlogits /= n
+
+
+def softmax_xent_forward_targets(probs, losses, logits, targets):
+    logp = _log_softmax(logits)
+    probs[...] = np.exp(logp)
+    losses[...] = -(targets * logp).sum(axis=1)
+
+
+def softmax_xent_backward_targets(dlogits, probs, targets):
+    dlogits[...] = (probs - targets) / probs.shape[0]
