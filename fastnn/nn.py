@@ -23,6 +23,11 @@ import numpy as np
 from . import _validate as V
 from . import functional as F
 from . import init as _init
+from .kernels import dropout as _K_drop
+from .kernels import linear_act as _K_la
+from .kernels.activations import CODES as _ACT_CODES
+from .kernels.activations import RELU as _ACT_RELU
+from .reference import linear_act as _R_la
 
 
 class Parameter(np.ndarray):
@@ -297,17 +302,32 @@ class Dropout(Module):
             seed = int(_init.default_rng().integers(0, 2**63 - 1))
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-        self.seed = int(seed)
-        self.step = 0
+        # seed and step live in 0-d arrays so that state_dict/load_state_dict
+        # (also through a parent) restore them in place; the key only depends
+        # on seed mod 2**64.
+        self._seed = np.array(int(seed) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
+        self._step = np.zeros((), dtype=np.int64)
         self.mask = None
 
-    def _named_buffers(self):
-        return [("step", np.array(self.step, dtype=np.int64))]
+    @property
+    def seed(self) -> int:
+        return int(self._seed)
 
-    def load_state_dict(self, state):
-        if "step" in state:
-            self.step = int(np.asarray(state["step"]))
-        super().load_state_dict({k: v for k, v in state.items() if k != "step"})
+    @seed.setter
+    def seed(self, value) -> None:
+        self._seed[...] = int(value) & 0xFFFFFFFFFFFFFFFF
+
+    @property
+    def step(self) -> int:
+        """Training forwards so far (the mask of forward k uses step k)."""
+        return int(self._step)
+
+    @step.setter
+    def step(self, value) -> None:
+        self._step[...] = value
+
+    def _named_buffers(self):
+        return [("seed", self._seed), ("step", self._step)]
 
     def forward(self, x, training=None):
         training = self._is_training(training)
@@ -454,17 +474,95 @@ class SoftmaxCrossEntropy(Module):
         return "SoftmaxCrossEntropy()"
 
 
+class _LinearActBlock:
+    """Linear [+ activation] [+ Dropout] run as one fused op (kernels.linear_act).
+
+    Keeps the member modules' state as the unfused path would: the Linear's
+    cached input, the Dropout's step counter and mask (the same masks, since
+    both draw from (seed, step, index)). Internal buffers are reused across
+    calls unless the block's output or input gradient leaves the Sequential.
+    """
+
+    def __init__(self, linear, act, drop):
+        self.linear, self.act, self.drop = linear, act, drop
+        self.code = _ACT_CODES["identity" if act is None else act.name]
+        self.alpha = getattr(act, "alpha", 0.01)
+        self._bufs = {}
+        self._cache = None
+
+    def _buf(self, name, shape, dtype, reuse):
+        if not reuse:
+            return np.empty(shape, dtype)
+        b = self._bufs.get(name)
+        if b is None or b.shape != shape or b.dtype != dtype:
+            b = self._bufs[name] = np.empty(shape, dtype)
+        return b
+
+    def forward(self, x, training, backend, reuse_out):
+        lin = self.linear
+        W = lin.W
+        x = V.float_array("x", x, ndim=2, dtype=W.dtype)
+        if x.shape[1] != lin.in_features:
+            raise ValueError(f"x must have shape (N, {lin.in_features}) for {lin!r}, got {x.shape}")
+        n, h = x.shape[0], lin.out_features
+        dt = W.dtype
+        y = self._buf("y", (n, h), dt, reuse_out)
+        z = self._buf("z", (n, h), dt, True) if self.code != _ACT_RELU else _EMPTY2[dt]
+        drop = self.drop
+        scale, threshold, key, mask = 1.0, 0, np.uint64(0), _EMPTY2_U8
+        if drop is not None and drop._is_training(training) and drop.p > 0:
+            drop.step += 1
+            scale = 1.0 / (1.0 - drop.p)
+            threshold = _K_drop.dropout_threshold(drop.p)
+            key = _K_drop.dropout_key(drop.seed, drop.step)
+            mask = self._buf("mask", (n, h), np.dtype(np.uint8), True)
+        args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, key, threshold, scale)
+        (_K_la if F._numba(backend) else _R_la).linear_act_forward(*args)
+        if F._check_finite:
+            F._finite("linear_act_forward", "produced", y=y)
+        lin.x = x
+        if self.act is not None:
+            self.act.saved = None  # its own cache would be stale
+        if drop is not None:
+            drop.mask = mask if mask.size else None
+        self._cache = (x, y, z, mask, scale)
+        return y
+
+    def backward(self, dout, need_dx, backend, reuse_dx):
+        if self._cache is None:
+            raise RuntimeError("Sequential.backward called before forward")
+        x, y, z, mask, scale = self._cache
+        lin = self.linear
+        dt = lin.W.dtype
+        dy = V.float_array("dout", dout, ndim=2, dtype=dt)
+        V.same_shape("dout", dy, "the block's output", y)
+        dz = self._buf("dz", y.shape, dt, True)
+        dx = self._buf("dx", x.shape, dt, reuse_dx) if need_dx else None
+        args = (dx, lin.W.grad, lin.b.grad, dz, dy, x, _plain(lin.W), y, z, mask,
+                self.code, self.alpha, scale)
+        if F._numba(backend):
+            _K_la.linear_act_backward(*args)
+        else:
+            _R_la.linear_act_backward(*args)
+        return dx
+
+
 class Sequential(Module):
     """Layers applied in order; ``backward`` runs them in reverse.
 
-    ``Sequential(layers, backend=None)``. ``forward(x, training=None)``
+    ``Sequential(layers, backend=None, fuse=True)``. ``forward(x, training=None)``
     follows ``train()``/``eval()`` unless ``training`` is given.
     ``backward(dout, need_input_grad=True)``: with False the first layer
     skips the gradient with respect to the input (one matrix product fewer)
     and None is returned.
+
+    With ``fuse=True`` each run of Linear (with bias), an optional activation
+    and an optional Dropout executes as one fused op (``kernels.linear_act``):
+    the same results as layer by layer (bit-identical masks, activations
+    within rounding), in fewer passes over memory and fewer calls.
     """
 
-    def __init__(self, layers, backend=None):
+    def __init__(self, layers, backend=None, fuse=True):
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
@@ -473,6 +571,10 @@ class Sequential(Module):
             raise ValueError("a module instance may appear only once in a Sequential")
         self.layers = layers
         self.backend = backend
+        self.fuse = bool(fuse)
+        self._blocks = None
+        self._block_key = None
+        self._ran = None
 
     def _children(self):
         return list(enumerate(self.layers))
@@ -486,20 +588,62 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self.layers)
 
+    def _plan(self):
+        """Group layers into fused blocks (cached while the layer list is unchanged)."""
+        key = (self.fuse, tuple(id(m) for m in self.layers))
+        if key == self._block_key:
+            return self._blocks
+        layers, blocks, i = self.layers, [], 0
+        while i < len(layers):
+            layer = layers[i]
+            if self.fuse and isinstance(layer, Linear) and layer.b is not None:
+                j, act, drop = i + 1, None, None
+                if j < len(layers) and isinstance(layers[j], _Activation):
+                    act, j = layers[j], j + 1
+                if j < len(layers) and isinstance(layers[j], Dropout):
+                    drop, j = layers[j], j + 1
+                if act is not None or drop is not None:
+                    blocks.append(_LinearActBlock(layer, act, drop))
+                    i = j
+                    continue
+            blocks.append(layer)
+            i += 1
+        self._blocks, self._block_key = blocks, key
+        return blocks
+
     def forward(self, x, training=None):
         training = self._is_training(training)
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        blocks = self._plan()
+        last = len(blocks) - 1
+        backend = self._backend
+        for k, block in enumerate(blocks):
+            if isinstance(block, _LinearActBlock):
+                x = block.forward(x, training, backend, reuse_out=k != last)
+            else:
+                x = block.forward(x, training=training)
+        self._ran = blocks
         return x
 
     def backward(self, dout, need_input_grad: bool = True):
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            if i == 0 and isinstance(layer, Linear):
-                return layer.backward(dout, need_dx=need_input_grad)
-            dout = layer.backward(dout)
+        blocks = self._ran
+        if blocks is None:
+            raise RuntimeError("Sequential.backward called before forward")
+        backend = self._backend
+        for k in range(len(blocks) - 1, -1, -1):
+            block = blocks[k]
+            if isinstance(block, _LinearActBlock):
+                dout = block.backward(dout, need_dx=k > 0 or need_input_grad, backend=backend,
+                                      reuse_dx=k > 0)
+            elif k == 0 and isinstance(block, Linear):
+                return block.backward(dout, need_dx=need_input_grad)
+            else:
+                dout = block.backward(dout)
         return dout
 
     def __repr__(self):
         inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
         return f"Sequential([\n{inner}\n])"
+
+
+_EMPTY2 = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
+_EMPTY2_U8 = np.empty((0, 0), np.uint8)

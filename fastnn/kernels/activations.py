@@ -5,6 +5,9 @@ All arrays are 1-D and C-contiguous here (``functional`` passes flat views),
 Backward kernels overwrite ``dx``. What each backward needs from the forward:
 ReLU, LeakyReLU, GELU, SiLU take the input ``x``; Sigmoid and Tanh take the
 output ``y`` (their derivatives are cheapest in terms of it).
+
+The scalar functions (``act_value``, ``act_grad``) are shared with the fused
+``linear_act`` kernels, so both compute bit-identical activations.
 """
 
 import numpy as np
@@ -18,6 +21,79 @@ GELU_A = 0.044715
 # |x| = 30; clipping there keeps x^3 from overflowing float32 (near 7e12)
 # and the derivative from computing inf * 0.
 GELU_CLIP = 30.0
+
+# Activation codes for the fused kernels.
+IDENTITY, RELU, LEAKY_RELU, SIGMOID, TANH, GELU, SILU = range(7)
+CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid": SIGMOID,
+         "tanh": TANH, "gelu": GELU, "silu": SILU}
+
+
+@jit_helper
+def sigmoid_value(v):
+    # exp of a non-positive number only: no overflow for any finite v.
+    e = np.exp(-np.abs(v))
+    one = typed(v, 1.0)
+    return one / (one + e) if v >= typed(v, 0.0) else e / (one + e)
+
+
+@jit_helper
+def gelu_tanh(v):
+    """(clipped v, tanh(sqrt(2/pi) (v + 0.044715 v^3)))."""
+    lim = typed(v, GELU_CLIP)
+    vc = min(max(v, -lim), lim)
+    return vc, np.tanh(typed(v, GELU_C) * (vc + typed(v, GELU_A) * vc * vc * vc))
+
+
+@jit_helper
+def gelu_grad(v):
+    vc, t = gelu_tanh(v)
+    half = typed(v, 0.5)
+    one = typed(v, 1.0)
+    return half * (one + t) + half * vc * (one - t * t) * typed(v, GELU_C) * (
+        one + typed(v, 3.0 * GELU_A) * vc * vc)
+
+
+@jit_helper
+def act_value(v, code, alpha):
+    """act(v) for an activation code; alpha is LeakyReLU's slope (typed like v)."""
+    zero = typed(v, 0.0)
+    if code == RELU:
+        return v if v > zero else zero
+    if code == LEAKY_RELU:
+        return v if v > zero else alpha * v
+    if code == SIGMOID:
+        return sigmoid_value(v)
+    if code == TANH:
+        return np.tanh(v)
+    if code == GELU:
+        _, t = gelu_tanh(v)
+        return typed(v, 0.5) * v * (typed(v, 1.0) + t)
+    if code == SILU:
+        return v * sigmoid_value(v)
+    return v
+
+
+@jit_helper
+def act_grad(v, code, alpha):
+    """act'(v), from the activation's input v."""
+    zero = typed(v, 0.0)
+    one = typed(v, 1.0)
+    if code == RELU:
+        return one if v > zero else zero
+    if code == LEAKY_RELU:
+        return one if v > zero else alpha
+    if code == SIGMOID:
+        s = sigmoid_value(v)
+        return s * (one - s)
+    if code == TANH:
+        t = np.tanh(v)
+        return one - t * t
+    if code == GELU:
+        return gelu_grad(v)
+    if code == SILU:
+        s = sigmoid_value(v)
+        return s * (one + v * (one - s))
+    return one
 
 
 @kernel
@@ -57,19 +133,11 @@ def leaky_relu_backward(dx, dy, x, alpha):
         dx[i] = g if x[i] > zero else a * g
 
 
-@jit_helper
-def _sigmoid(v):
-    # exp of a non-positive number only: no overflow for any finite v.
-    e = np.exp(-np.abs(v))
-    one = typed(v, 1.0)
-    return one / (one + e) if v >= typed(v, 0.0) else e / (one + e)
-
-
 @kernel
 def sigmoid_forward(y, x):
     """y = 1 / (1 + exp(-x)), overflow-free for any finite x."""
     for i in prange(x.shape[0]):
-        y[i] = _sigmoid(x[i])
+        y[i] = sigmoid_value(x[i])
 
 
 @kernel
@@ -100,34 +168,16 @@ def tanh_backward(dx, dy, y):
 @kernel
 def gelu_forward(y, x):
     """y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    c = typed(x, GELU_C)
-    a = typed(x, GELU_A)
-    lim = typed(x, GELU_CLIP)
-    half = typed(x, 0.5)
-    one = typed(x, 1.0)
     for i in prange(x.shape[0]):
-        v = x[i]
-        vc = min(max(v, -lim), lim)
-        t = np.tanh(c * (vc + a * vc * vc * vc))
-        y[i] = half * v * (one + t)
+        y[i] = act_value(x[i], GELU, x[i])
 
 
 @kernel
 def gelu_backward(dx, dy, x):
     """dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)),
-    t = tanh(sqrt(2/pi) (x + 0.044715 x^3))."""
-    c = typed(x, GELU_C)
-    a = typed(x, GELU_A)
-    a3 = typed(x, 3.0 * GELU_A)
-    lim = typed(x, GELU_CLIP)
-    half = typed(x, 0.5)
-    one = typed(x, 1.0)
+    t = tanh(sqrt(2/pi) (x + 0.044715 x^3)); x clipped to +-30 (see GELU_CLIP)."""
     for i in prange(x.shape[0]):
-        v = min(max(x[i], -lim), lim)
-        v2 = v * v
-        t = np.tanh(c * (v + a * v2 * v))
-        g = half * (one + t) + half * v * (one - t * t) * c * (one + a3 * v2)
-        dx[i] = dy[i] * g
+        dx[i] = dy[i] * gelu_grad(x[i])
 
 
 @kernel
@@ -135,7 +185,7 @@ def silu_forward(y, x):
     """y = x * sigmoid(x)."""
     for i in prange(x.shape[0]):
         v = x[i]
-        y[i] = v * _sigmoid(v)
+        y[i] = v * sigmoid_value(v)
 
 
 @kernel
@@ -144,5 +194,5 @@ def silu_backward(dx, dy, x):
     one = typed(x, 1.0)
     for i in prange(x.shape[0]):
         v = x[i]
-        s = _sigmoid(v)
+        s = sigmoid_value(v)
         dx[i] = dy[i] * s * (one + v * (one - s))
