@@ -76,25 +76,36 @@ def _numba(backend) -> bool:
 
 # ---------------------------------------------------------------- finite checks
 
-_check_finite = os.environ.get("FASTNN_CHECK_FINITE", "") not in ("", "0")
+class _FiniteFlag(threading.local):
+    """Truthy when checks are on in this thread: the innermost
+    ``with check_finite(...)`` of this thread, else ``set_check_finite``'s
+    process-wide setting (a global flag would leak between threads)."""
+
+    default = os.environ.get("FASTNN_CHECK_FINITE", "") not in ("", "0")
+    override = None
+
+    def __bool__(self):
+        return self.default if self.override is None else self.override
+
+
+_check_finite = _FiniteFlag()
 
 
 def set_check_finite(enabled: bool) -> None:
     """Opt-in debug mode: every op checks its inputs and outputs for NaN/Inf
     and raises ``FloatingPointError`` naming the op and the array."""
-    global _check_finite
-    _check_finite = bool(enabled)
+    _FiniteFlag.default = bool(enabled)
 
 
 @contextlib.contextmanager
 def check_finite(enabled: bool = True):
-    global _check_finite
-    prev = _check_finite
-    _check_finite = bool(enabled)
+    """``set_check_finite`` for a block, in this thread only."""
+    prev = _check_finite.override
+    _check_finite.override = bool(enabled)
     try:
         yield
     finally:
-        _check_finite = prev
+        _check_finite.override = prev
 
 
 def _finite(op: str, role: str, **arrays) -> None:
@@ -244,9 +255,9 @@ def softmax_xent(logits, target, *, probs=None, losses=None, backend=None):
     logits = V.float_array("logits", logits, ndim=2)
     n, c = logits.shape
     numba_ = _numba(backend)
-    if isinstance(target, np.ndarray) and target.dtype.kind == "f" or (
-        isinstance(target, np.ndarray) and target.ndim == 2
-    ):
+    # 2-D: one-hot/soft targets; anything else is labels (float labels get
+    # "integer class indices" rather than a shape error).
+    if isinstance(target, np.ndarray) and target.ndim == 2:
         target = V.targets_array("y", target, (n, c), logits.dtype)
         fwd = (K_xent if numba_ else R_xent).softmax_xent_forward_targets
     else:
@@ -271,13 +282,15 @@ def softmax_xent_backward(probs, target, *, out=None, backend=None):
     probs = V.float_array("probs", probs, ndim=2)
     n, c = probs.shape
     numba_ = _numba(backend)
-    if target.ndim == 2:
+    if isinstance(target, np.ndarray) and target.ndim == 2:
         target = V.targets_array("y", target, (n, c), probs.dtype)
         bwd = (K_xent if numba_ else R_xent).softmax_xent_backward_targets
     else:
         target = V.labels_array("y", target, n, c)
         bwd = (K_xent if numba_ else R_xent).softmax_xent_backward_labels
     d = _new(out, "out", (n, c), probs.dtype)
+    if _check_finite:
+        _finite("softmax_xent_backward", "received", probs=probs)
     if numba_:
         bwd(d, probs, target, work=probs.size)
     else:
@@ -311,16 +324,23 @@ def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, run
     n, d = x.shape
     gamma, beta, eps = _norm_params(x, gamma, beta, eps, d)
     momentum = V.real("momentum", momentum, lo=0, hi=1)
-    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        if r is not None:
-            V.out_array(name, r, (d,), x.dtype)
+    if training:  # updated in place
+        for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+            if r is not None:
+                V.out_array(name, r, (d,), x.dtype)
+    else:  # only read: read-only or strided arrays are fine
+        if running_mean is None or running_var is None:
+            raise ValueError("eval mode needs running_mean and running_var")
+        running_mean = V.float_array("running_mean", running_mean, ndim=1, dtype=x.dtype)
+        running_var = V.float_array("running_var", running_var, ndim=1, dtype=x.dtype)
+        for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+            if r.shape != (d,):
+                raise ValueError(f"{name} must have shape ({d},), got {r.shape}")
     numba_ = _numba(backend)
     y = _new(out, "out", (n, d), x.dtype)
     if _check_finite:
         _finite("batchnorm_forward", "received", x=x)
     if not training:
-        if running_mean is None or running_var is None:
-            raise ValueError("eval mode needs running_mean and running_var")
         if numba_:
             K_bn.batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps, work=x.size)
         else:
@@ -365,6 +385,8 @@ def batchnorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     dgamma = _new(dgamma, "dgamma", (d,), x.dtype)
     dbeta = _new(dbeta, "dbeta", (d,), x.dtype)
     dx = np.empty_like(x)
+    if _check_finite:
+        _finite("batchnorm_backward", "received", dy=dy)
     if _numba(backend):
         K_bn.batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, work=x.size)
     else:
@@ -417,6 +439,8 @@ def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     dbeta = _new(dbeta, "dbeta", (d,), x.dtype)
     dx = np.empty_like(x)
     args = (dx.reshape(-1, d), dgamma, dbeta, dy.reshape(-1, d), x.reshape(-1, d), mean, rstd, gamma)
+    if _check_finite:
+        _finite("layernorm_backward", "received", dy=dy)
     if _numba(backend):
         K_ln.layernorm_backward(*args, work=x.size)
     else:
@@ -435,12 +459,17 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
     p == 0, y is x itself and mask is None."""
     p = V.real("p", p, lo=0, hi=1, hi_open=True)
     x = V.float_array("x", x)
+    for name, v in (("seed", seed), ("step", step)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if _check_finite:
+        _finite("dropout_forward", "received", x=x)
     if not training or p == 0.0:
         return x, None
     y = _new(out, "out", x.shape, x.dtype)
     mask = _new(mask, "mask", x.shape, np.dtype(np.uint8))
-    key = K_drop.dropout_key(int(seed), int(step))
-    args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), key, K_drop.dropout_threshold(p), 1.0 / (1.0 - p))
+    args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), np.uint64(seed), np.uint64(step),
+            K_drop.dropout_threshold(p), 1.0 / (1.0 - p))
     if _numba(backend):
         K_drop.dropout_forward(*args, work=x.size)
     else:
@@ -452,10 +481,14 @@ def dropout_backward(dy, mask, p, *, out=None, backend=None):
     """dx = dy * mask / (1 - p); mask as returned by dropout (None: identity)."""
     p = V.real("p", p, lo=0, hi=1, hi_open=True)
     dy = V.float_array("dy", dy)
+    if _check_finite:
+        _finite("dropout_backward", "received", dy=dy)
     if mask is None:
         return dy
-    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8 or mask.shape != dy.shape:
-        raise ValueError(f"mask must be the uint8 mask of shape {dy.shape} returned by dropout")
+    if not isinstance(mask, np.ndarray) or mask.dtype != np.uint8:
+        raise TypeError("mask must be the uint8 mask returned by dropout")
+    if mask.shape != dy.shape:
+        raise ValueError(f"dy must have the shape of the dropout mask {mask.shape} (the forward's input), got {dy.shape}")
     mask = np.ascontiguousarray(mask)
     dx = _new(out, "out", dy.shape, dy.dtype)
     args = (dx.reshape(-1), dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p))

@@ -58,7 +58,7 @@ def act_value(v, code, alpha):
     """act(v) for an activation code; alpha is LeakyReLU's slope (typed like v)."""
     zero = typed(v, 0.0)
     if code == RELU:
-        return v if v > zero else zero
+        return zero if v <= zero else v  # NaN propagates (as np.maximum)
     if code == LEAKY_RELU:
         return v if v > zero else alpha * v
     if code == SIGMOID:
@@ -96,13 +96,52 @@ def act_grad(v, code, alpha):
     return one
 
 
+@jit_helper
+def act_row(y, x, code, alpha):
+    """y = act(x) over a contiguous run; the branch on ``code`` is outside
+    the loops so each loop vectorises."""
+    zero = typed(x, 0.0)
+    if code == RELU:
+        for j in range(x.shape[0]):
+            v = x[j]
+            y[j] = v if v > zero else zero
+    elif code == LEAKY_RELU:
+        for j in range(x.shape[0]):
+            v = x[j]
+            y[j] = v if v > zero else alpha * v
+    elif code == IDENTITY:
+        for j in range(x.shape[0]):
+            y[j] = x[j]
+    else:
+        for j in range(x.shape[0]):
+            y[j] = act_value(x[j], code, alpha)
+
+
+@jit_helper
+def act_grad_row(dx, dy, x, code, alpha):
+    """dx = dy * act'(x) over a contiguous run (x: the activation's input)."""
+    zero = typed(x, 0.0)
+    if code == RELU:
+        for j in range(x.shape[0]):
+            dx[j] = dy[j] if x[j] > zero else zero
+    elif code == LEAKY_RELU:
+        for j in range(x.shape[0]):
+            dx[j] = dy[j] if x[j] > zero else alpha * dy[j]
+    elif code == IDENTITY:
+        for j in range(x.shape[0]):
+            dx[j] = dy[j]
+    else:
+        for j in range(x.shape[0]):
+            dx[j] = dy[j] * act_grad(x[j], code, alpha)
+
+
 @kernel
 def relu_forward(y, x):
     """y = max(x, 0)."""
     zero = typed(x, 0.0)
     for i in prange(x.shape[0]):
         v = x[i]
-        y[i] = v if v > zero else zero
+        y[i] = zero if v <= zero else v  # NaN propagates (as np.maximum)
 
 
 @kernel

@@ -2,11 +2,14 @@
 
 Arrays are 1-D (``functional`` passes flat views) of ``n`` elements;
 ``mask: (n,) uint8`` is saved by the forward (1 = kept) and reused by the
-backward. Element ``i`` is kept when ``hash(seed, step, i) >> 40``, a
-uniform 24-bit integer, is at least ``threshold = round(p * 2**24)``.
-The hash is splitmix64's finaliser: the same mask for the same
-(seed, step) whatever the thread count, in numba and in NumPy alike
-(numba's own RNG is per thread under ``parallel=True``, so not reproducible).
+backward. Element ``i`` is kept when the top 24 bits of
+``hash32(hash32(i ^ key_lo) + key_hi)`` are at least
+``threshold = round(p * 2**24)``; ``(key_lo, key_hi)`` are the two halves
+of a 64-bit mix of (seed, step) (``dropout_key``; seed and step are uint64). ``hash32`` is the "lowbias32" integer
+finaliser: 32-bit multiplies vectorise (a 64-bit hash ran 10x slower), and
+the two rounds keep the masks of different steps from being shifted copies
+of one sequence. Same (seed, step), same mask, for any thread count, in
+numba and NumPy alike (numba's own RNG is per thread under ``parallel=True``).
 Kept elements are scaled by ``scale = 1 / (1 - p)``.
 """
 
@@ -15,14 +18,13 @@ from numba import prange
 
 from .._config import jit_helper, kernel, typed
 
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-MIX2 = np.uint64(0x94D049BB133111EB)
-S30 = np.uint64(30)
-S27 = np.uint64(27)
-S31 = np.uint64(31)
-S40 = np.uint64(40)
+H1 = np.uint32(0x7FEB352D)
+H2 = np.uint32(0x846CA68B)
+S8 = np.uint32(8)
+S15 = np.uint32(15)
+S16 = np.uint32(16)
 UNIFORM_BITS = 24
+CHUNK = 4096  # elements per parallel task in the 1-D kernels
 
 
 def dropout_threshold(p: float) -> int:
@@ -30,33 +32,49 @@ def dropout_threshold(p: float) -> int:
     return int(round(p * (1 << UNIFORM_BITS)))
 
 
-def dropout_key(seed: int, step: int) -> np.uint64:
-    """One 64-bit key per (seed, step), mixed so that nearby seeds differ."""
-    m64 = (1 << 64) - 1
-    z = ((seed * int(GOLDEN)) & m64) ^ (step & m64)
-    z = ((z ^ (z >> 30)) * int(MIX1)) & m64
-    z = ((z ^ (z >> 27)) * int(MIX2)) & m64
-    return np.uint64(z ^ (z >> 31))
+@jit_helper
+def dropout_key(seed, step):
+    """(key_lo, key_hi): splitmix64 of (seed, step), split into two uint32."""
+    z = np.uint64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) ^ np.uint64(step)
+    z = np.uint64((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9))
+    z = np.uint64((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB))
+    z = z ^ (z >> np.uint64(31))
+    return np.uint32(z & np.uint64(0xFFFFFFFF)), np.uint32(z >> np.uint64(32))
 
 
 @jit_helper
-def _mix(z):
-    z = (z ^ (z >> S30)) * MIX1
-    z = (z ^ (z >> S27)) * MIX2
-    return z ^ (z >> S31)
+def hash32(x):
+    # numba widens uint32 arithmetic to 64 bits: truncate after each step.
+    x = np.uint32(x ^ (x >> S16))
+    x = np.uint32(x * H1)
+    x = np.uint32(x ^ (x >> S15))
+    x = np.uint32(x * H2)
+    return np.uint32(x ^ (x >> S16))
+
+
+@jit_helper
+def dropout_row(y, mask, x, base, key_lo, key_hi, threshold, scale):
+    """Dropout of a contiguous run whose first element has flat index ``base``."""
+    t = np.uint32(threshold)
+    s = typed(x, scale)
+    zero = typed(x, 0.0)
+    b = np.uint32(base)
+    for j in range(x.shape[0]):
+        h = hash32(np.uint32(hash32(np.uint32((b + np.uint32(j)) ^ key_lo)) + key_hi))
+        keep = (h >> S8) >= t
+        mask[j] = keep
+        y[j] = x[j] * s if keep else zero
 
 
 @kernel
-def dropout_forward(y, mask, x, key, threshold, scale):
-    """mask[i] = hash(key, i) >= threshold; y = x * mask * scale."""
-    t = np.uint64(threshold)
-    s = typed(x, scale)
-    zero = typed(x, 0.0)
-    for i in prange(x.shape[0]):
-        h = _mix(key + np.uint64(i) * GOLDEN) >> S40
-        keep = h >= t
-        mask[i] = keep
-        y[i] = x[i] * s if keep else zero
+def dropout_forward(y, mask, x, seed, step, threshold, scale):
+    """mask[i] = top24(hash(i, key(seed, step))) >= threshold; y = x * mask * scale."""
+    n = x.shape[0]
+    key_lo, key_hi = dropout_key(seed, step)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        i0 = c * CHUNK
+        i1 = min(i0 + CHUNK, n)
+        dropout_row(y[i0:i1], mask[i0:i1], x[i0:i1], i0, key_lo, key_hi, threshold, scale)
 
 
 @kernel

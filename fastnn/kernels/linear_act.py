@@ -2,8 +2,8 @@
 
 The hot block of an MLP in two passes instead of six: the matrix product
 goes to BLAS, then one kernel adds the bias, applies the activation and
-the dropout mask; the backward's one kernel undoes dropout and the
-activation and sums the bias gradient at the same time.
+the dropout mask row by row while the row is in cache; the backward's one
+kernel undoes dropout and the activation and sums the bias gradient.
 
 Shapes: ``N`` batch, ``D`` in features, ``H`` out features.
 ``x: (N, D)``, ``W: (D, H)``, ``b: (H,)``, ``y: (N, H)``.
@@ -11,7 +11,7 @@ Saved for the backward: ``z: (N, H)``, the pre-activation x @ W + b
 (not needed for ReLU: pass an empty array, the output carries its sign),
 and ``mask: (N, H) uint8`` (1 = kept; empty when there is no dropout).
 ``act`` is a code from ``kernels.activations.CODES``; dropout draws the
-same mask as ``kernels.dropout`` for the same key (flat index i * H + j).
+same mask as ``kernels.dropout`` for the same (seed, step) (flat index i * H + j).
 Gradients are overwritten.
 """
 
@@ -19,45 +19,49 @@ import numpy as np
 from numba import prange
 
 from .._config import kernel, typed
-from .activations import RELU, act_grad, act_value
-from .dropout import GOLDEN, S40, _mix
-
-COL_BLOCK = 64
+from .activations import RELU, act_grad_row, act_row
+from .dropout import dropout_key, dropout_row
+from .linear import COL_BLOCK
 
 
 @kernel
-def bias_act_dropout_forward(y, z, mask, b, act, alpha, key, threshold, scale):
-    """In place on y (holding x @ W): z = y + b; y = act(z), then dropout."""
+def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale):
+    """In place on y (holding x @ W): z = y + b; y = act(z), then dropout
+    with the mask of (seed, step)."""
     n, h = y.shape
+    key_lo, key_hi = dropout_key(seed, step)
     a = typed(y, alpha)
-    s = typed(y, scale)
-    zero = typed(y, 0.0)
-    t = np.uint64(threshold)
     save_z = z.size > 0
     drop = mask.size > 0
     for i in prange(n):
-        base = np.uint64(i * h)
+        row = y[i]
         for j in range(h):
-            v = y[i, j] + b[j]
-            if save_z:
-                z[i, j] = v
-            out = act_value(v, act, a)
-            if drop:
-                keep = (_mix(key + (base + np.uint64(j)) * GOLDEN) >> S40) >= t
-                mask[i, j] = keep
-                out = out * s if keep else zero
-            y[i, j] = out
+            row[j] += b[j]
+        if save_z:
+            z[i, :] = row
+        act_row(row, row, act, a)
+        if drop:
+            dropout_row(row, mask[i], row, i * h, key_lo, key_hi, threshold, scale)
 
 
 @kernel
 def bias_act_dropout_backward(dz, db, dy, y, z, mask, act, alpha, scale):
     """dz = dy * dropout' * act'(z); db = dz.sum(0). For ReLU, act' comes
-    from y > 0 (z is unused)."""
+    from y > 0 (z is unused; y > 0 also implies the element was kept)."""
     n, h = dy.shape
     a = typed(dy, alpha)
     s = typed(dy, scale)
     zero = typed(dy, 0.0)
     drop = mask.size > 0
+    for i in prange(n):
+        if act == RELU:
+            for j in range(h):
+                dz[i, j] = dy[i, j] * s if y[i, j] > zero else zero
+        else:
+            act_grad_row(dz[i], dy[i], z[i], act, a)
+            if drop:
+                for j in range(h):
+                    dz[i, j] = dz[i, j] * s if mask[i, j] else zero
     nblocks = (h + COL_BLOCK - 1) // COL_BLOCK
     for blk in prange(nblocks):
         j0 = blk * COL_BLOCK
@@ -65,22 +69,15 @@ def bias_act_dropout_backward(dz, db, dy, y, z, mask, act, alpha, scale):
         acc = np.zeros(j1 - j0, dtype=np.float64)
         for i in range(n):
             for j in range(j0, j1):
-                if act == RELU:
-                    g = dy[i, j] * s if y[i, j] > zero else zero
-                else:
-                    g = dy[i, j] * act_grad(z[i, j], act, a)
-                    if drop:
-                        g = g * s if mask[i, j] else zero
-                dz[i, j] = g
-                acc[j - j0] += g
+                acc[j - j0] += dz[i, j]
         for j in range(j0, j1):
             db[j] = acc[j - j0]
 
 
-def linear_act_forward(y, z, mask, x, W, b, act, alpha, key, threshold, scale):
+def linear_act_forward(y, z, mask, x, W, b, act, alpha, seed, step, threshold, scale):
     """y = dropout(act(x @ W + b)); saves z (unless ReLU) and mask (if dropout)."""
     np.matmul(x, W, out=y)
-    bias_act_dropout_forward(y, z, mask, b, act, alpha, key, threshold, scale, work=y.size)
+    bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale, work=y.size)
 
 
 def linear_act_backward(dx, dW, db, dz, dy, x, W, y, z, mask, act, alpha, scale):

@@ -2,20 +2,34 @@
 
 import numpy as np
 
-from ..kernels.dropout import GOLDEN, MIX1, MIX2
+from ..kernels.dropout import H1, H2
+
+_M64 = (1 << 64) - 1
 
 
-def _mix(z):
-    z = (z ^ (z >> np.uint64(30))) * MIX1
-    z = (z ^ (z >> np.uint64(27))) * MIX2
-    return z ^ (z >> np.uint64(31))
+def dropout_key(seed, step):
+    """splitmix64 of (seed, step) in Python integers, split into two uint32."""
+    z = ((seed * 0x9E3779B97F4A7C15) & _M64) ^ (step & _M64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    z ^= z >> 31
+    return np.uint32(z & 0xFFFFFFFF), np.uint32(z >> 32)
 
 
-def dropout_forward(y, mask, x, key, threshold, scale):
-    idx = np.arange(x.shape[0], dtype=np.uint64)
-    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
-        h = _mix(np.uint64(key) + idx * GOLDEN) >> np.uint64(40)
-    mask[...] = h >= np.uint64(threshold)
+def _hash32(x):
+    # uint32 arithmetic wraps modulo 2**32, as in the kernel.
+    x = x ^ (x >> np.uint32(16))
+    x = x * H1
+    x = x ^ (x >> np.uint32(15))
+    x = x * H2
+    return x ^ (x >> np.uint32(16))
+
+
+def dropout_forward(y, mask, x, seed, step, threshold, scale):
+    key_lo, key_hi = dropout_key(int(seed), int(step))
+    idx = np.arange(x.shape[0], dtype=np.uint32)
+    h = _hash32(_hash32(idx ^ np.uint32(key_lo)) + np.uint32(key_hi))
+    mask[...] = (h >> np.uint32(8)) >= np.uint32(threshold)
     y[...] = x * mask * x.dtype.type(scale)
 
 
