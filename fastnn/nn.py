@@ -50,6 +50,8 @@ class Parameter(np.ndarray):
     def __array_wrap__(self, arr, context=None, return_scalar=False):
         if return_scalar:
             return arr[()]
+        if arr is self:  # in place (p -= lr * p.grad): keep the Parameter and its grad
+            return self
         return arr.view(np.ndarray) if type(arr) is not np.ndarray else arr
 
     def __reduce__(self):
@@ -509,14 +511,16 @@ class _LinearActBlock:
         y = self._buf("y", (n, h), dt, reuse_out)
         z = self._buf("z", (n, h), dt, True) if self.code != _ACT_RELU else _EMPTY2[dt]
         drop = self.drop
-        scale, threshold, key, mask = 1.0, 0, np.uint64(0), _EMPTY2_U8
+        scale, threshold, seed, step, mask = 1.0, 0, _ZERO_U64, _ZERO_U64, _EMPTY2_U8
         if drop is not None and drop._is_training(training) and drop.p > 0:
             drop.step += 1
             scale = 1.0 / (1.0 - drop.p)
             threshold = _K_drop.dropout_threshold(drop.p)
-            key = _K_drop.dropout_key(drop.seed, drop.step)
+            seed, step = np.uint64(drop.seed), np.uint64(drop.step)
             mask = self._buf("mask", (n, h), np.dtype(np.uint8), True)
-        args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, key, threshold, scale)
+        args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, seed, step, threshold, scale)
+        if F._check_finite:  # dropout would hide a NaN in W from the output check
+            F._finite("linear_act_forward", "received", x=x, W=W, b=lin.b)
         (_K_la if F._numba(backend) else _R_la).linear_act_forward(*args)
         if F._check_finite:
             F._finite("linear_act_forward", "produced", y=y)
@@ -540,10 +544,14 @@ class _LinearActBlock:
         dx = self._buf("dx", x.shape, dt, reuse_dx) if need_dx else None
         args = (dx, lin.W.grad, lin.b.grad, dz, dy, x, _plain(lin.W), y, z, mask,
                 self.code, self.alpha, scale)
+        if F._check_finite:
+            F._finite("linear_act_backward", "received", dout=dy)
         if F._numba(backend):
             _K_la.linear_act_backward(*args)
         else:
             _R_la.linear_act_backward(*args)
+        if F._check_finite:
+            F._finite("linear_act_backward", "produced", dx=dx, dW=lin.W.grad, db=lin.b.grad)
         return dx
 
 
@@ -556,13 +564,18 @@ class Sequential(Module):
     skips the gradient with respect to the input (one matrix product fewer)
     and None is returned.
 
+    The seed's loop (``fastnn.train.train``) also works:
+    ``loss = model.compute_loss(output, y)`` (``loss=`` module, default
+    ``SoftmaxCrossEntropy``), ``model.backward()`` (dout from that loss),
+    ``model.update(lr)`` (plain SGD).
+
     With ``fuse=True`` each run of Linear (with bias), an optional activation
     and an optional Dropout executes as one fused op (``kernels.linear_act``):
     the same results as layer by layer (bit-identical masks, activations
     within rounding), in fewer passes over memory and fewer calls.
     """
 
-    def __init__(self, layers, backend=None, fuse=True):
+    def __init__(self, layers, backend=None, fuse=True, loss=None):
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
@@ -575,6 +588,29 @@ class Sequential(Module):
         self._blocks = None
         self._block_key = None
         self._ran = None
+        if loss is not None and not isinstance(loss, Module):
+            raise TypeError(f"loss must be a fastnn Module (e.g. SoftmaxCrossEntropy()), got {type(loss).__name__}")
+        self.loss = loss
+        self._sgd = None
+
+    # -- the seed's training-loop interface (fastnn.train.train)
+    def compute_loss(self, output, y) -> float:
+        """``self.loss.forward(output, y)``; the loss is ``SoftmaxCrossEntropy``
+        unless one was given as ``Sequential(..., loss=...)``."""
+        if self.loss is None:
+            self.loss = SoftmaxCrossEntropy()
+        self.loss.backend = self._backend
+        return self.loss.forward(output, y)
+
+    def update(self, lr) -> None:
+        """The seed's ``model.update(lr)``: one plain SGD step, ``p -= lr * p.grad``."""
+        from .optim import SGD  # optim imports nn
+
+        if self._sgd is None or [id(p) for p in self._sgd.params] != [id(p) for p in self.parameters()]:
+            self._sgd = SGD(self.parameters(), lr=lr, backend=self._backend)
+        self._sgd.lr = lr
+        self._sgd.backend = self._backend
+        self._sgd.step()
 
     def _children(self):
         return list(enumerate(self.layers))
@@ -624,7 +660,11 @@ class Sequential(Module):
         self._ran = blocks
         return x
 
-    def backward(self, dout, need_input_grad: bool = True):
+    def backward(self, dout=None, need_input_grad: bool = True):
+        if dout is None:  # the seed's model.backward() after model.compute_loss()
+            if self.loss is None:
+                raise RuntimeError("Sequential.backward() without dout needs model.compute_loss(output, y) first")
+            dout = self.loss.backward()
         blocks = self._ran
         if blocks is None:
             raise RuntimeError("Sequential.backward called before forward")
@@ -647,3 +687,4 @@ class Sequential(Module):
 
 _EMPTY2 = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
 _EMPTY2_U8 = np.empty((0, 0), np.uint8)
+_ZERO_U64 = np.uint64(0)
