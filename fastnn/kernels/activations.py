@@ -13,6 +13,9 @@ The scalar functions (``act_value``, ``act_grad``) are shared with the fused
 import numpy as np
 from numba import prange
 
+from numba.core import types as nbtypes
+from numba.extending import overload
+
 from .._config import jit_helper, kernel, typed
 
 GELU_C = np.sqrt(2.0 / np.pi)
@@ -28,6 +31,40 @@ CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid"
          "tanh": TANH, "gelu": GELU, "silu": SILU}
 
 
+# Eigen's rational approximation of tanh for float32 (max error 5 ulp,
+# measured over [-12, 12]): numba's float32 np.tanh calls scalar tanhf,
+# about 60x slower than this loop, which vectorises.
+_TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
+             5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
+             -2.76076847742355e-16)
+_TANH_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
+             1.19825839466702e-06)
+_A1, _A3, _A5, _A7, _A9, _A11, _A13 = (np.float32(c) for c in _TANH_NUM)
+_B0, _B2, _B4, _B6 = (np.float32(c) for c in _TANH_DEN)
+
+
+def tanh_value(v):
+    """tanh(v): the rational form for float32, np.tanh for float64."""
+    return np.tanh(v)
+
+
+@overload(tanh_value, inline="always")
+def _tanh_value_overload(v):
+    if v != nbtypes.float32:
+        return lambda v: np.tanh(v)
+
+    def tanh32(v):
+        lim = np.float32(9.0)  # tanh is +-1 in float32 beyond
+        c = min(max(v, -lim), lim)
+        c2 = c * c
+        p = ((((((c2 * _A13 + _A11) * c2 + _A9) * c2 + _A7) * c2 + _A5) * c2 + _A3) * c2 + _A1) * c
+        q = ((c2 * _B6 + _B4) * c2 + _B2) * c2 + _B0
+        # tiny |v|: tanh(v) = v; NaN fails the test and passes through
+        return p / q if abs(v) >= np.float32(4e-4) else v
+
+    return tanh32
+
+
 @jit_helper
 def sigmoid_value(v):
     # exp of a non-positive number only: no overflow for any finite v.
@@ -41,7 +78,7 @@ def gelu_tanh(v):
     """(clipped v, tanh(sqrt(2/pi) (v + 0.044715 v^3)))."""
     lim = typed(v, GELU_CLIP)
     vc = min(max(v, -lim), lim)
-    return vc, np.tanh(typed(v, GELU_C) * (vc + typed(v, GELU_A) * vc * vc * vc))
+    return vc, tanh_value(typed(v, GELU_C) * (vc + typed(v, GELU_A) * vc * vc * vc))
 
 
 @jit_helper
@@ -64,7 +101,7 @@ def act_value(v, code, alpha):
     if code == SIGMOID:
         return sigmoid_value(v)
     if code == TANH:
-        return np.tanh(v)
+        return tanh_value(v)
     if code == GELU:
         _, t = gelu_tanh(v)
         return typed(v, 0.5) * v * (typed(v, 1.0) + t)
@@ -86,7 +123,7 @@ def act_grad(v, code, alpha):
         s = sigmoid_value(v)
         return s * (one - s)
     if code == TANH:
-        t = np.tanh(v)
+        t = tanh_value(v)
         return one - t * t
     if code == GELU:
         return gelu_grad(v)
@@ -104,7 +141,7 @@ def act_row(y, x, code, alpha):
     if code == RELU:
         for j in range(x.shape[0]):
             v = x[j]
-            y[j] = v if v > zero else zero
+            y[j] = zero if v <= zero else v  # NaN propagates
     elif code == LEAKY_RELU:
         for j in range(x.shape[0]):
             v = x[j]
@@ -192,7 +229,7 @@ def sigmoid_backward(dx, dy, y):
 def tanh_forward(y, x):
     """y = tanh(x)."""
     for i in prange(x.shape[0]):
-        y[i] = np.tanh(x[i])
+        y[i] = tanh_value(x[i])
 
 
 @kernel
