@@ -13,10 +13,8 @@ The scalar functions (``act_value``, ``act_grad``) are shared with the fused
 import numpy as np
 from numba import prange
 
-from numba.core import types as nbtypes
-from numba.extending import overload
-
 from .._config import jit_helper, kernel, typed
+from ._math import exp_nonpos, tanh_value
 
 GELU_C = np.sqrt(2.0 / np.pi)
 GELU_A = 0.044715
@@ -31,44 +29,10 @@ CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "sigmoid"
          "tanh": TANH, "gelu": GELU, "silu": SILU}
 
 
-# Eigen's rational approximation of tanh for float32 (max error 5 ulp,
-# measured over [-12, 12]): numba's float32 np.tanh calls scalar tanhf,
-# about 60x slower than this loop, which vectorises.
-_TANH_NUM = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05,
-             5.12229709037114e-08, -8.60467152213735e-11, 2.00018790482477e-13,
-             -2.76076847742355e-16)
-_TANH_DEN = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04,
-             1.19825839466702e-06)
-_A1, _A3, _A5, _A7, _A9, _A11, _A13 = (np.float32(c) for c in _TANH_NUM)
-_B0, _B2, _B4, _B6 = (np.float32(c) for c in _TANH_DEN)
-
-
-def tanh_value(v):
-    """tanh(v): the rational form for float32, np.tanh for float64."""
-    return np.tanh(v)
-
-
-@overload(tanh_value, inline="always")
-def _tanh_value_overload(v):
-    if v != nbtypes.float32:
-        return lambda v: np.tanh(v)
-
-    def tanh32(v):
-        lim = np.float32(9.0)  # tanh is +-1 in float32 beyond
-        c = min(max(v, -lim), lim)
-        c2 = c * c
-        p = ((((((c2 * _A13 + _A11) * c2 + _A9) * c2 + _A7) * c2 + _A5) * c2 + _A3) * c2 + _A1) * c
-        q = ((c2 * _B6 + _B4) * c2 + _B2) * c2 + _B0
-        # tiny |v|: tanh(v) = v; NaN fails the test and passes through
-        return p / q if abs(v) >= np.float32(4e-4) else v
-
-    return tanh32
-
-
 @jit_helper
 def sigmoid_value(v):
     # exp of a non-positive number only: no overflow for any finite v.
-    e = np.exp(-np.abs(v))
+    e = exp_nonpos(-np.abs(v))
     one = typed(v, 1.0)
     return one / (one + e) if v >= typed(v, 0.0) else e / (one + e)
 

@@ -4,17 +4,42 @@
 mean and biased variance and saves ``mean: (D,)`` and ``rstd: (D,)``
 (1 / sqrt(var + eps)) for the backward; the running statistics are updated
 by the caller (``functional.batchnorm``). Eval mode uses the running ones.
-Statistics are accumulated in float64. Each task owns a block of columns
-and walks the rows in order: no race, same result for any thread count.
-Gradients are overwritten.
+
+Column sums walk the rows in order (contiguous, vectorised): rows are split
+into a fixed number of chunks, each chunk sums into its own float64 partial
+row, and the partials are added in chunk order, so the result does not
+depend on the thread count. The variance is E[(x - m0)^2] - (mean - m0)^2
+around the first row m0, in float64: one pass over x, and no cancellation
+when the mean is large against the spread. Gradients are overwritten.
 """
 
 import numpy as np
 from numba import prange
 
-from .._config import kernel
+from .._config import jit_helper, kernel
 
-COL_BLOCK = 64
+ROW_CHUNKS = 16
+
+
+@jit_helper
+def _column_sums(s1, s2, a, b, shift, use_b):
+    """Per row chunk c: s1[c] = sum(a - shift), s2[c] = sum((a - shift)^2),
+    or with use_b: s1[c] = sum(a), s2[c] = sum(a * (b - shift))."""
+    n, d = a.shape
+    nchunks = s1.shape[0]
+    for c in prange(nchunks):
+        i0 = c * n // nchunks
+        i1 = (c + 1) * n // nchunks
+        for i in range(i0, i1):
+            if use_b:
+                for j in range(d):
+                    s1[c, j] += a[i, j]
+                    s2[c, j] += a[i, j] * (b[i, j] - shift[j])
+            else:
+                for j in range(d):
+                    t = a[i, j] - shift[j]
+                    s1[c, j] += t
+                    s2[c, j] += t * t
 
 
 @kernel
@@ -22,34 +47,32 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     """Training: mean, var (biased), rstd = 1/sqrt(var + eps) over axis 0;
     y = (x - mean) * rstd * gamma + beta."""
     n, d = x.shape
-    nblocks = (d + COL_BLOCK - 1) // COL_BLOCK
-    for blk in prange(nblocks):
-        j0 = blk * COL_BLOCK
-        j1 = min(j0 + COL_BLOCK, d)
-        w = j1 - j0
-        s = np.zeros(w, dtype=np.float64)
-        for i in range(n):
-            for j in range(w):
-                s[j] += x[i, j0 + j]
-        for j in range(w):
-            s[j] /= n
-        q = np.zeros(w, dtype=np.float64)
-        for i in range(n):
-            for j in range(w):
-                t = x[i, j0 + j] - s[j]
-                q[j] += t * t
-        for j in range(w):
-            v = q[j] / n
-            r = 1.0 / np.sqrt(v + eps)
-            mean[j0 + j] = s[j]
-            var[j0 + j] = v
-            rstd[j0 + j] = r
-            # scale and shift folded into y = x * a + c
-            q[j] = r * gamma[j0 + j]
-            s[j] = beta[j0 + j] - s[j] * q[j]
-        for i in range(n):
-            for j in range(w):
-                y[i, j0 + j] = x[i, j0 + j] * q[j] + s[j]
+    nchunks = min(n, ROW_CHUNKS)
+    s1 = np.zeros((nchunks, d), dtype=np.float64)
+    s2 = np.zeros((nchunks, d), dtype=np.float64)
+    shift = x[0].astype(np.float64)
+    _column_sums(s1, s2, x, x, shift, False)
+    a = np.empty(d, dtype=x.dtype)
+    c = np.empty(d, dtype=x.dtype)
+    for j in range(d):
+        t1 = 0.0
+        t2 = 0.0
+        for k in range(nchunks):
+            t1 += s1[k, j]
+            t2 += s2[k, j]
+        dm = t1 / n
+        v = max(t2 / n - dm * dm, 0.0)
+        m = shift[j] + dm
+        r = 1.0 / np.sqrt(v + eps)
+        mean[j] = m
+        var[j] = v
+        rstd[j] = r
+        # scale and shift folded into y = x * a + c
+        a[j] = r * gamma[j]
+        c[j] = beta[j] - m * r * gamma[j]
+    for i in prange(n):
+        for j in range(d):
+            y[i, j] = x[i, j] * a[j] + c[j]
 
 
 @kernel
@@ -72,23 +95,29 @@ def batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
     """dbeta = sum(dy), dgamma = sum(dy * xhat),
     dx = gamma * rstd / N * (N dy - dbeta - xhat * dgamma), xhat = (x - mean) * rstd."""
     n, d = x.shape
-    nblocks = (d + COL_BLOCK - 1) // COL_BLOCK
-    for blk in prange(nblocks):
-        j0 = blk * COL_BLOCK
-        j1 = min(j0 + COL_BLOCK, d)
-        w = j1 - j0
-        sb = np.zeros(w, dtype=np.float64)
-        sg = np.zeros(w, dtype=np.float64)
-        for i in range(n):
-            for j in range(w):
-                g = dy[i, j0 + j]
-                sb[j] += g
-                sg[j] += g * (x[i, j0 + j] - mean[j0 + j]) * rstd[j0 + j]
-        for j in range(w):
-            dbeta[j0 + j] = sb[j]
-            dgamma[j0 + j] = sg[j]
-        for i in range(n):
-            for j in range(w):
-                jj = j0 + j
-                xhat = (x[i, jj] - mean[jj]) * rstd[jj]
-                dx[i, jj] = gamma[jj] * rstd[jj] / n * (n * dy[i, jj] - sb[j] - xhat * sg[j])
+    nchunks = min(n, ROW_CHUNKS)
+    s1 = np.zeros((nchunks, d), dtype=np.float64)
+    s2 = np.zeros((nchunks, d), dtype=np.float64)
+    m64 = mean.astype(np.float64)
+    _column_sums(s1, s2, dy, x, m64, True)
+    # dx = k1 * dy - k0 - (x - mean) * k2, per column
+    k0 = np.empty(d, dtype=x.dtype)
+    k1 = np.empty(d, dtype=x.dtype)
+    k2 = np.empty(d, dtype=x.dtype)
+    for j in range(d):
+        sb = 0.0
+        sg = 0.0
+        for k in range(nchunks):
+            sb += s1[k, j]
+            sg += s2[k, j]
+        r = np.float64(rstd[j])
+        sg *= r  # sum(dy * xhat)
+        dbeta[j] = sb
+        dgamma[j] = sg
+        g = gamma[j] * r
+        k1[j] = g
+        k0[j] = g * sb / n
+        k2[j] = g * r * sg / n
+    for i in prange(n):
+        for j in range(d):
+            dx[i, j] = k1[j] * dy[i, j] - k0[j] - (x[i, j] - mean[j]) * k2[j]

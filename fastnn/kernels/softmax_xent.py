@@ -17,6 +17,7 @@ import numpy as np
 from numba import prange
 
 from .._config import jit_helper, kernel, typed
+from ._math import exp_nonpos
 
 
 @jit_helper
@@ -28,7 +29,7 @@ def _softmax_row(p, z):
             m = z[j]
     s = 0.0
     for j in range(z.shape[0]):
-        e = np.exp(z[j] - m)
+        e = exp_nonpos(z[j] - m)
         p[j] = e
         s += e
     inv = typed(p, 1.0 / s)
