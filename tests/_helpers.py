@@ -1,0 +1,139 @@
+"""Shared helpers for the kernel, module and validation tests.
+
+Imported as ``from _helpers import ...``: a plain module, because
+``from conftest import`` would pick up benchmarks/conftest.py when both
+directories are collected in one run.
+
+* ``run_both`` runs the numba side and the NumPy side of an op on copies of
+  the same seeded inputs and compares every output separately, with a
+  tolerance chosen by dtype; it also checks that neither side wrote into its
+  inputs.
+* ``numeric_grad`` / ``assert_grad_close`` are a central-difference gradient
+  checker (float64), so that the references are tested against the math and
+  not only against the kernels.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+
+import numpy as np
+
+DTYPES = (np.float32, np.float64)
+DTYPE_IDS = ("f32", "f64")
+# N=1, odd widths, an MNIST-sized layer.
+SHAPES = ((1, 5), (3, 7), (5, 33), (64, 784))
+BIG = (1024, 1024)
+
+# |actual - desired| <= atol * max|desired| + rtol * |desired|: the scale
+# term keeps cancellation near zero from failing large-magnitude outputs.
+TOLERANCES = {
+    np.dtype(np.float32): (2e-4, 2e-5),
+    np.dtype(np.float64): (1e-9, 1e-11),
+}
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded by a test's own parameters (stable across runs)."""
+    # hash() of str is salted per process; crc32 is stable.
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def randn(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def assert_close(actual, desired, name="", dtype=None, scale=1.0):
+    """Compare one output with the tolerance of its dtype (exact for ints)."""
+    actual = np.asarray(actual)
+    desired = np.asarray(desired)
+    assert actual.shape == desired.shape, f"{name}: shape {actual.shape} != {desired.shape}"
+    dt = np.dtype(dtype) if dtype is not None else desired.dtype
+    if dt.kind != "f":
+        np.testing.assert_array_equal(actual, desired, err_msg=f"{name} differs")
+        return
+    rtol, atol = TOLERANCES[dt]
+    rtol, atol = rtol * scale, atol * scale
+    mag = float(np.max(np.abs(desired))) if desired.size else 0.0
+    np.testing.assert_allclose(
+        actual, desired, rtol=rtol, atol=atol * max(mag, 1.0), err_msg=f"{name} differs"
+    )
+
+
+def _as_tuple(res):
+    if res is None:
+        return ()
+    return tuple(res) if isinstance(res, tuple) else (res,)
+
+
+def run_both(kernel_fn, ref_fn, make_args, names=None, n_out=0, scale=1.0, updated=()):
+    """Run ``kernel_fn`` and ``ref_fn`` on deep copies of ``make_args()``.
+
+    With ``n_out=k`` the first ``k`` arguments are output buffers (the kernel
+    convention) and they are what gets compared; otherwise the return values
+    are compared. Each output is compared on its own (``names`` label them
+    in failures). Inputs must come back unchanged on both sides, except the
+    argument indices in ``updated`` (state updated in place, e.g. running
+    statistics; return them to compare them).
+    Returns (kernel outputs, reference outputs).
+    """
+    args = make_args()
+    k_args = copy.deepcopy(args)
+    r_args = copy.deepcopy(args)
+    k_res = kernel_fn(*k_args)
+    r_res = ref_fn(*r_args)
+    if n_out:
+        k_outs, r_outs = tuple(k_args[:n_out]), tuple(r_args[:n_out])
+    else:
+        k_outs, r_outs = _as_tuple(k_res), _as_tuple(r_res)
+    assert len(k_outs) == len(r_outs)
+    names = names or [f"output {i}" for i in range(len(k_outs))]
+    # Scalars (a mean loss) get the tolerance of the op's arrays.
+    float_dts = [r.dtype for r in r_outs if isinstance(r, np.ndarray) and r.dtype.kind == "f"]
+    scalar_dt = float_dts[0] if float_dts else np.float64
+    for name, k, r in zip(names, k_outs, r_outs):
+        if k is None or r is None:
+            assert k is None and r is None, f"{name}: one side returned None"
+            continue
+        if np.isscalar(k) or np.ndim(k) == 0:
+            assert_close(k, r, name, dtype=scalar_dt, scale=scale)
+        else:
+            assert np.asarray(k).dtype == np.asarray(r).dtype, f"{name}: dtype differs"
+            assert_close(k, r, name, scale=scale)
+    for i, (a, k, r) in enumerate(zip(args[n_out:], k_args[n_out:], r_args[n_out:])):
+        if isinstance(a, np.ndarray) and n_out + i not in updated:
+            assert np.array_equal(a, k, equal_nan=True), f"numba side wrote into input {n_out + i}"
+            assert np.array_equal(a, r, equal_nan=True), f"numpy side wrote into input {n_out + i}"
+    return k_outs, r_outs
+
+
+def backends(fn, **fixed):
+    """(numba caller, numpy caller) for a ``fastnn.functional`` function."""
+    return (lambda *a: fn(*a, backend="numba", **fixed),
+            lambda *a: fn(*a, backend="numpy", **fixed))
+
+
+# ------------------------------------------------------------- finite differences
+
+
+def numeric_grad(f, x, h=1e-6):
+    """Central differences of the scalar ``f()`` w.r.t. every entry of ``x``
+    (float64, perturbed in place and restored)."""
+    assert x.dtype == np.float64, "finite differences need float64"
+    g = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = f()
+        flat[i] = old - h
+        fm = f()
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * h)
+    return g
+
+
+def assert_grad_close(analytic, numeric, name, rtol=1e-5, atol=1e-7):
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol,
+                               err_msg=f"{name}: analytic gradient != finite differences")

@@ -1,0 +1,170 @@
+"""fastnn.kernels.activations against fastnn.reference.activations, the
+references against finite differences, and behaviour at extreme inputs."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from fastnn import functional as F
+from fastnn.kernels import activations as K
+from fastnn.reference import activations as R
+
+from _helpers import (BIG, DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, backends,
+                      numeric_grad, randn, rng_for, run_both)
+
+NAMES = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu")
+
+
+def _saved(name, x, backend):
+    """What the backward takes: the forward's output for sigmoid/tanh, else x."""
+    return F.activation(name, x, backend=backend) if name in F.SAVES_OUTPUT else x
+
+
+def _check(name, shape, dtype, alpha=0.01):
+    rng = rng_for("act", name, shape, np.dtype(dtype).name)
+    x = randn(rng, shape, dtype, 3.0)
+    dy = randn(rng, shape, dtype)
+    (y,), _ = run_both(*backends(F.activation, alpha=alpha), lambda: (name, x), names=[f"{name} y"])
+    assert y.dtype == dtype and y.shape == x.shape
+    saved = _saved(name, x, "numpy")
+    (dx,), _ = run_both(*backends(F.activation_backward, alpha=alpha), lambda: (name, dy, saved),
+                        names=[f"{name} dx"])
+    assert dx.dtype == dtype and dx.shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES + ((2, 3, 5),))
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_and_backward_match_reference(name, shape, dtype):
+    _check(name, shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_large_matches_reference(dtype):
+    for name in NAMES:
+        _check(name, BIG, dtype)
+
+
+def test_leaky_relu_alpha_is_used():
+    x = np.array([-2.0, -0.5, 0.0, 1.5])
+    for backend in ("numba", "numpy"):
+        y = F.leaky_relu(x, alpha=0.2, backend=backend)
+        np.testing.assert_allclose(y, [-0.4, -0.1, 0.0, 1.5])
+        dx = F.activation_backward("leaky_relu", np.ones(4), x, alpha=0.2, backend=backend)
+        np.testing.assert_allclose(dx, [0.2, 0.2, 0.2, 1.0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_kernels_called_directly_match_reference(dtype):
+    rng = rng_for("act-direct", np.dtype(dtype).name)
+    x = randn(rng, 37, dtype, 3.0)
+    dy = randn(rng, 37, dtype)
+    for name in NAMES:
+        extra = (0.05,) if name == "leaky_relu" else ()
+        fwd, bwd = name + "_forward", name + "_backward"
+        run_both(getattr(K, fwd), getattr(R, fwd), lambda: (np.empty_like(x), x) + extra,
+                 names=[fwd], n_out=1)
+        saved = x
+        if name in F.SAVES_OUTPUT:
+            saved = np.empty_like(x)
+            getattr(R, fwd)(saved, x)
+        run_both(getattr(K, bwd), getattr(R, bwd), lambda: (np.empty_like(x), dy, saved) + extra,
+                 names=[bwd], n_out=1)
+
+
+def _math_reference(name, v):
+    """The seed's formulas, one float at a time."""
+    if name == "relu":
+        return max(v, 0.0)
+    if name == "leaky_relu":
+        return v if v > 0 else 0.01 * v
+    if name == "sigmoid":
+        return 1 / (1 + math.exp(-v))
+    if name == "tanh":
+        return math.tanh(v)
+    if name == "gelu":
+        return 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
+    if name == "silu":
+        return v / (1 + math.exp(-v))
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_forward_is_the_seed_formula(name):
+    x = np.linspace(-6, 6, 41)
+    y = np.empty_like(x)
+    getattr(R, name + "_forward")(y, x, *((0.01,) if name == "leaky_relu" else ()))
+    np.testing.assert_allclose(y, [_math_reference(name, v) for v in x], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_backward_matches_finite_differences(name):
+    rng = rng_for("act-fd", name)
+    x = rng.uniform(-4, 4, 23)
+    x[np.abs(x) < 0.05] += 0.2  # keep away from the ReLU kinks
+    dy = rng.standard_normal(23)
+    extra = (0.01,) if name == "leaky_relu" else ()
+    fwd = getattr(R, name + "_forward")
+
+    def loss():
+        y = np.empty_like(x)
+        fwd(y, x, *extra)
+        return float((y * dy).sum())
+
+    saved = x
+    if name in F.SAVES_OUTPUT:
+        saved = np.empty_like(x)
+        fwd(saved, x)
+    dx = np.empty_like(x)
+    getattr(R, name + "_backward")(dx, dy, saved, *extra)
+    assert_grad_close(dx, numeric_grad(loss, x), f"{name} dx")
+
+
+# value and derivative at -1e4 and +1e4
+EXTREMES = {
+    "sigmoid": ((0.0, 1.0), (0.0, 0.0)),
+    "tanh": ((-1.0, 1.0), (0.0, 0.0)),
+    "gelu": ((0.0, 1e4), (0.0, 1.0)),
+    "silu": ((0.0, 1e4), (0.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", sorted(EXTREMES))
+def test_extreme_inputs_are_finite_and_warning_free(name, dtype, backend):
+    x = np.array([-1e4, 1e4, -1e3, 1e3, -88.0, 88.0, -30.5, 30.5], dtype=dtype)
+    # Underflow to 0 is the correct answer (exp(-1e4)); overflow and NaN are bugs.
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        y = F.activation(name, x, backend=backend)
+        saved = y if name in F.SAVES_OUTPUT else x
+        dx = F.activation_backward(name, np.ones_like(x), saved, backend=backend)
+    assert np.isfinite(y).all() and np.isfinite(dx).all()
+    (y_lo, y_hi), (d_lo, d_hi) = EXTREMES[name]
+    np.testing.assert_allclose(y[:2], [y_lo, y_hi], atol=1e-30)
+    np.testing.assert_allclose(dx[:2], [d_lo, d_hi], atol=1e-30)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_is_not_promoted(name):
+    x = np.linspace(-3, 3, 11, dtype=np.float32)
+    for backend in ("numba", "numpy"):
+        y = F.activation(name, x, backend=backend)
+        dx = F.activation_backward(name, np.ones_like(x), _saved(name, x, backend), backend=backend)
+        assert y.dtype == np.float32 and dx.dtype == np.float32
+        # float32 math agrees with float64 math to float32 precision
+        y64 = F.activation(name, x.astype(np.float64), backend=backend)
+        np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous_input_works(name):
+    rng = rng_for("act-nc", name)
+    x = rng.standard_normal((6, 10))[:, ::2]
+    assert not x.flags.c_contiguous
+    for backend in ("numba", "numpy"):
+        np.testing.assert_allclose(F.activation(name, x, backend=backend),
+                                   F.activation(name, np.ascontiguousarray(x), backend=backend))

@@ -1,0 +1,163 @@
+"""fastnn.kernels.dropout against fastnn.reference.dropout: identical masks,
+reproducible per (seed, step), the keep rate, identity cases, and the
+backward reusing the forward's mask."""
+
+import numba
+import numpy as np
+import pytest
+
+from fastnn import functional as F
+from fastnn import nn
+from fastnn.kernels import dropout as K
+from fastnn.reference import dropout as R
+
+from _helpers import (BIG, DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, backends, numeric_grad,
+                      randn, rng_for, run_both)
+
+
+def _check(shape, dtype, p=0.3):
+    rng = rng_for("drop", shape, np.dtype(dtype).name)
+    x = randn(rng, shape, dtype)
+    dy = randn(rng, shape, dtype)
+    (y, mask), _ = run_both(*backends(F.dropout, seed=1234, step=7), lambda: (x, p),
+                            names=["y", "mask"])
+    assert y.dtype == dtype and mask.dtype == np.uint8 and mask.shape == shape
+    scale = dtype(1 / (1 - p))
+    np.testing.assert_array_equal(y, np.where(mask == 1, x * scale, 0))
+    (dx,), _ = run_both(*backends(F.dropout_backward), lambda: (dy, mask, p), names=["dx"])
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx, np.where(mask == 1, dy * scale, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES + ((2, 3, 5),))
+def test_forward_and_backward_match_reference(shape, dtype):
+    _check(shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_large_matches_reference(dtype):
+    _check(BIG, dtype, p=0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_kernels_called_directly_match_reference(dtype):
+    rng = rng_for("drop-direct", np.dtype(dtype).name)
+    x = randn(rng, 101, dtype)
+    seed, step = np.uint64(5), np.uint64(3)
+    thr = K.dropout_threshold(0.25)
+    (y, mask), _ = run_both(K.dropout_forward, R.dropout_forward,
+                            lambda: (np.empty_like(x), np.empty(101, np.uint8), x, seed, step, thr, 4 / 3),
+                            names=["y", "mask"], n_out=2)
+    run_both(K.dropout_backward, R.dropout_backward,
+             lambda: (np.empty_like(x), x, mask, 4 / 3), names=["dx"], n_out=1)
+
+
+@pytest.mark.parametrize("seed,step", [(0, 0), (1, 2), (2**63 + 5, 7), (2**64 - 1, 2**40)])
+def test_kernel_and_reference_keys_agree(seed, step):
+    k = K.dropout_key(np.uint64(seed), np.uint64(step))
+    r = R.dropout_key(seed, step)
+    assert (int(k[0]), int(k[1])) == (int(r[0]), int(r[1]))
+
+
+def _mask(seed, step, shape=(50, 40), p=0.5, backend="numba"):
+    return F.dropout(np.ones(shape, np.float32), p, seed=seed, step=step, backend=backend)[1]
+
+
+def test_masks_are_reproducible_and_differ_across_steps_and_seeds():
+    a = _mask(1, 1)
+    np.testing.assert_array_equal(a, _mask(1, 1))
+    np.testing.assert_array_equal(a, _mask(1, 1, backend="numpy"))
+    for other in (_mask(1, 2), _mask(2, 1), _mask(0, 1)):
+        assert (a != other).mean() > 0.3  # independent masks differ in ~half the places
+    # same mask whatever the dtype of x
+    m64 = F.dropout(np.ones((50, 40)), 0.5, seed=1, step=1)[1]
+    np.testing.assert_array_equal(a, m64)
+
+
+def test_mask_does_not_depend_on_thread_count():
+    x = np.ones(BIG, np.float32)
+    thr = K.dropout_threshold(0.2)
+    masks = []
+    before = numba.get_num_threads()
+    try:
+        for t in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(t)
+            y, m = np.empty_like(x).reshape(-1), np.empty(x.size, np.uint8)
+            K.dropout_forward.parallel(y, m, x.reshape(-1), np.uint64(9), np.uint64(4), thr, 1.25)
+            masks.append(m)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(masks[0], masks[-1])
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_rate_and_mean(p, backend):
+    n = 200_000
+    x = np.ones(n, np.float64)
+    y, mask = F.dropout(x, p, seed=42, step=1, backend=backend)
+    sigma = np.sqrt(p * (1 - p) / n)
+    assert abs(mask.mean() - (1 - p)) < 5 * sigma
+    assert abs(y.mean() - 1.0) < 5 * sigma / (1 - p)  # inverted dropout keeps the mean
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_p_zero_and_eval_are_identity(backend):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for kw in (dict(p=0.0, training=True), dict(p=0.5, training=False)):
+        y, mask = F.dropout(x, kw["p"], seed=1, step=1, training=kw["training"], backend=backend)
+        assert mask is None
+        np.testing.assert_array_equal(y, x)
+        dy = np.ones_like(x)
+        np.testing.assert_array_equal(F.dropout_backward(dy, mask, kw["p"], backend=backend), dy)
+    layer = nn.Dropout(0.5, seed=3)
+    layer.backend = backend
+    np.testing.assert_array_equal(layer.forward(x, training=False), x)
+    np.testing.assert_array_equal(layer.eval().forward(x), x)
+    np.testing.assert_array_equal(nn.Dropout(0.0).forward(x, training=True), x)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_module_backward_reuses_the_forward_mask(backend):
+    rng = rng_for("drop-module")
+    x = rng.standard_normal((8, 30)).astype(np.float32)
+    layer = nn.Dropout(0.4, seed=11)
+    layer.backend = backend
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal((8, 30)).astype(np.float32)
+    dx = layer.backward(dy)
+    kept = y != 0
+    np.testing.assert_array_equal(dx != 0, kept)
+    np.testing.assert_allclose(dx[kept], dy[kept] / 0.6, rtol=1e-6)
+    # the next training forward draws a new mask
+    assert (layer.forward(x, training=True) != 0).tolist() != kept.tolist()
+
+
+def test_module_masks_match_across_backends_and_are_reproducible():
+    x = np.ones((16, 20), np.float32)
+    a, b = nn.Dropout(0.5, seed=77), nn.Dropout(0.5, seed=77)
+    b.backend = "numpy"
+    for _ in range(3):
+        np.testing.assert_array_equal(a.forward(x, training=True), b.forward(x, training=True))
+    assert a.step == b.step == 3
+
+
+def test_reference_backward_matches_finite_differences():
+    rng = rng_for("drop-fd")
+    x = rng.standard_normal(30)
+    dy = rng.standard_normal(30)
+    thr, scale = K.dropout_threshold(0.3), 1 / 0.7
+
+    def forward():
+        y, mask = np.empty_like(x), np.empty(30, np.uint8)
+        R.dropout_forward(y, mask, x, np.uint64(3), np.uint64(1), thr, scale)
+        return y, mask
+
+    def loss():
+        return float((forward()[0] * dy).sum())
+
+    _, mask = forward()
+    dx = np.empty_like(x)
+    R.dropout_backward(dx, dy, mask, scale)
+    assert_grad_close(dx, numeric_grad(loss, x), "dx")
