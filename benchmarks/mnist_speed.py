@@ -241,7 +241,9 @@ def peak_rss_mb():
 def run_worker(args):
     t_start = float(os.environ.get("FASTNN_SPEED_T0", time.time()))
     backend = args.worker
+    t_data = time.time()
     Xtr, ytr, Xte, yte, data_name = load_data(args)
+    data_s = time.time() - t_data
     if backend in ("numba", "numpy"):
         train_step, predict, weights, info = make_fastnn(backend, args.seed)
     elif backend == "torch":
@@ -268,7 +270,8 @@ def run_worker(args):
             loss = train_step(xb, yb)
             if first_step_s is None:
                 float(loss)
-                first_step_s = time.time() - t_start
+                # process start to the first trained step, data loading excluded
+                first_step_s = time.time() - t_start - data_s
             if s % 50 == 0:
                 total += float(loss)  # a sampled running loss: no sync every step
         epoch_s.append(time.perf_counter() - t0)
@@ -278,11 +281,11 @@ def run_worker(args):
     steady = float(np.median(epoch_s[1:])) if len(epoch_s) > 1 else float(epoch_s[0])
     floor_med = float(np.median(floor_s[1:])) if len(floor_s) > 1 else float(floor_s[0])
     return {
-        "backend": backend, "data": data_name, "n_train": int(n), "batch_size": bs,
+        "backend": args.label or backend, "data": data_name, "n_train": int(n), "batch_size": bs,
         "epochs": args.epochs, "epoch_s": epoch_s, "floor_s": floor_s,
         "first_epoch_s": epoch_s[0], "steady_epoch_s": steady, "floor_epoch_s": floor_med,
         "ratio_to_floor": steady / floor_med, "samples_per_s": n / steady,
-        "first_step_s": first_step_s, "test_accuracy": acc, "sampled_train_loss": losses,
+        "first_step_s": first_step_s, "data_load_s": data_s, "test_accuracy": acc, "sampled_train_loss": losses,
         "peak_rss_mb": peak_rss_mb(), **info,
     }
 
@@ -297,12 +300,12 @@ def importable(name):
 
 
 def print_table(results, batch_size):
-    head = (f"{'backend':<8} {'1st epoch s':>11} {'epoch s':>8} {'floor s':>8} {'ratio':>6} "
+    head = (f"{'backend':<15} {'1st epoch s':>11} {'epoch s':>8} {'floor s':>8} {'ratio':>6} "
             f"{'samples/s':>10} {'test acc':>8} {'1st step s':>10} {'peak MB':>8}")
     print(head)
     print("-" * len(head))
     for r in results:
-        print(f"{r['backend']:<8} {r['first_epoch_s']:>11.2f} {r['steady_epoch_s']:>8.3f} "
+        print(f"{r['backend']:<15} {r['first_epoch_s']:>11.2f} {r['steady_epoch_s']:>8.3f} "
               f"{r['floor_epoch_s']:>8.3f} {r['ratio_to_floor']:>6.2f} {r['samples_per_s']:>10.0f} "
               f"{r['test_accuracy']:>8.4f} {r['first_step_s']:>10.2f} {r['peak_rss_mb']:>8.0f}")
     print(f"epoch s: median of epochs after the first; floor s: the same epoch's matrix "
@@ -344,7 +347,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=os.path.join("results", "mnist_speed.json"), help="where to write the results")
     p.add_argument("--png", default=os.path.join("results", "mnist_speed.png"), help="bar chart (needs matplotlib)")
+    p.add_argument("--show-contention", action="store_true",
+                   help="also run numba with the thread pools unmanaged (spinning OpenMP "
+                        "threads, every kernel parallel) to show what fastnn's settings avoid")
     p.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    p.add_argument("--label", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         p.error("--epochs and --batch-size must be positive")
@@ -369,17 +376,24 @@ def main(argv=None):
         base += ["--data-dir", args.data_dir]
     if args.quick:
         base.append("--quick")
-    for backend in backends:
+    runs = [(b, b, {}) for b in backends]
+    if args.show_contention:
+        # The pitfall fastnn's _config avoids: OpenMP threads that spin after
+        # each kernel, fighting OpenBLAS's threads for the same cores.
+        runs.append(("numba", "numba-unmanaged",
+                     {"OMP_WAIT_POLICY": "ACTIVE", "FASTNN_PARALLEL_MIN_WORK": "0"}))
+    for backend, label, extra_env in runs:
         if backend in ("torch", "jax") and not importable(backend):
             print(f"skipping {backend}: not importable")
             continue
-        env = dict(os.environ, FASTNN_SPEED_T0=repr(time.time()))
-        proc = subprocess.run(base + ["--worker", backend], capture_output=True, text=True, env=env)
+        env = dict(os.environ, FASTNN_SPEED_T0=repr(time.time()), **extra_env)
+        proc = subprocess.run(base + ["--worker", backend, "--label", label],
+                              capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
-            raise SystemExit(f"{backend} worker failed (exit {proc.returncode})")
+            raise SystemExit(f"{label} worker failed (exit {proc.returncode})")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{backend}: done ({results[-1]['data']})", flush=True)
+        print(f"{label}: done ({results[-1]['data']})", flush=True)
     print()
     print(f"data: {results[0]['data']} ({results[0]['n_train']} training samples)")
     print_table(results, args.batch_size)

@@ -17,6 +17,7 @@ Both can be overridden with the environment (``OMP_WAIT_POLICY``,
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import types
@@ -37,51 +38,69 @@ else:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 
-def _setup_cache_dir() -> None:
+def _writable_dir(path: str, private: bool = False) -> bool:
+    """Create ``path`` if needed and prove it writable by writing to it (what
+    numba itself checks; ``os.access`` says yes to root on some read-only
+    mounts). ``private``: in a shared place (/tmp) the directory must be ours
+    and closed to others, or another user could plant cache files that numba
+    would load as machine code."""
+    import tempfile
+
+    try:
+        os.makedirs(path, mode=0o700 if private else 0o777, exist_ok=True)
+        if private:
+            st = os.stat(path)
+            if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                return False
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def _setup_cache_dir() -> bool:
     """Point numba's cache at a writable place when the package dir is not.
 
     numba writes its cache next to the source (``__pycache__``); on a
-    read-only install it would otherwise fail or fall back silently per
-    function. ``NUMBA_CACHE_DIR`` set by the user always wins.
+    read-only install, with no usable home, numba raises at import ("no
+    locator available"). ``NUMBA_CACHE_DIR`` set by the user always wins.
+    Returns False when no place is writable: kernels are then not cached.
     """
     if os.environ.get("NUMBA_CACHE_DIR"):
-        return
-    pkg_cache = os.path.join(os.path.dirname(__file__), "kernels", "__pycache__")
-    try:
-        os.makedirs(pkg_cache, exist_ok=True)
-        if os.access(pkg_cache, os.W_OK):
-            return
-    except OSError:
-        pass
+        return True
+    if _writable_dir(os.path.join(os.path.dirname(__file__), "kernels", "__pycache__")):
+        return True
+    candidates = []
     base = os.environ.get("XDG_CACHE_HOME")
     if not base and os.environ.get("HOME"):
         base = os.path.join(os.environ["HOME"], ".cache")
-    candidates = [os.path.join(base, "fastnn", "numba")] if base else []
+    if base:
+        candidates.append((os.path.join(base, "fastnn", "numba"), False))
     import tempfile
 
-    candidates.append(os.path.join(tempfile.gettempdir(), f"fastnn-numba-{os.getuid()}"))
-    for path in candidates:
-        try:
-            os.makedirs(path, exist_ok=True)
-            if os.access(path, os.W_OK):
-                numba.config.CACHE_DIR = path
-                return
-        except OSError:
-            continue
+    try:
+        candidates.append((os.path.join(tempfile.gettempdir(), f"fastnn-numba-{os.getuid()}"), True))
+    except OSError:  # no usable temporary directory at all
+        pass
+    for path, private in candidates:
+        if _writable_dir(path, private):
+            numba.config.CACHE_DIR = path
+            return True
     warnings.warn(
         "fastnn: no writable directory for numba's compile cache; kernels will be "
         "compiled in every new process (set NUMBA_CACHE_DIR to fix)",
         RuntimeWarning,
         stacklevel=2,
     )
+    return False
 
 
-_setup_cache_dir()
+_CACHE = _setup_cache_dir()
 
 # fastmath without 'nnan'/'ninf': NaN and Inf must propagate so that the
 # non-finite checks of the training loop see them.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-NJIT_FLAGS = dict(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
+NJIT_FLAGS = dict(cache=_CACHE, fastmath=FASTMATH, error_model="numpy", nogil=True)
 
 # Below this many elements a parallel launch costs more than it saves.
 PARALLEL_MIN_WORK = int(os.environ.get("FASTNN_PARALLEL_MIN_WORK", 1 << 16))
@@ -103,11 +122,57 @@ if hasattr(os, "register_at_fork"):
 _launch_lock = threading.Lock()
 
 
-def _needs_launch_lock() -> bool:
+# None until the first parallel launch shows which layer numba loaded;
+# launches are serialised until then.
+_lock_launches = None
+
+
+def _locked_launch(dispatcher, args):
+    global _lock_launches
+    with _launch_lock:
+        result = dispatcher(*args)
+        _lock_launches = numba.threading_layer() == "workqueue"
+        return result
+
+
+@functools.lru_cache(maxsize=None)
+def _source_tag(path: str) -> str:
+    """A hash of the sibling kernel files that the kernel file ``path``
+    imports from (recursively) and of this file, put in the kernel's cache
+    name: numba checks only a kernel's own file before reusing its cache, so
+    a kernel would keep a helper or constant imported from another file
+    (act_row, dropout_row, COL_BLOCK) as it was when first cached
+    (numba/numba#1833)."""
+    import hashlib
+    import re
+
+    if not _CACHE:
+        return ""
+    h = hashlib.sha1()
     try:
-        return numba.threading_layer() == "workqueue"
-    except ValueError:  # no parallel kernel has run yet
-        return False
+        seen, todo = set(), [path]
+        while todo:
+            p = todo.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            with open(p, "rb") as f:
+                src = f.read()
+            if p != path:
+                h.update(src)
+            todo += [os.path.join(os.path.dirname(p), m.decode() + ".py")
+                     for m in re.findall(rb"^from \.(\w+) import", src, re.M)]
+        with open(__file__, "rb") as f:
+            h.update(f.read())
+    except OSError:
+        return ""
+    return "__" + h.hexdigest()[:10]
+
+
+def _renamed(fn, suffix):
+    f = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    f.__qualname__ = fn.__qualname__ + suffix
+    return f
 
 
 class Kernel:
@@ -124,17 +189,15 @@ class Kernel:
         self.__wrapped__ = fn
         self.py_func = fn
         # Distinct qualnames keep the two builds apart in numba's on-disk cache.
-        serial_fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
-        serial_fn.__qualname__ = fn.__qualname__ + "__serial"
-        self.serial = njit(**NJIT_FLAGS)(serial_fn)
-        self.parallel = njit(parallel=True, **NJIT_FLAGS)(fn)
+        tag = _source_tag(fn.__code__.co_filename)
+        self.serial = njit(**NJIT_FLAGS)(_renamed(fn, "__serial" + tag))
+        self.parallel = njit(parallel=True, **NJIT_FLAGS)(_renamed(fn, tag))
 
     def __call__(self, *args, work: int = 0):
         if work >= PARALLEL_MIN_WORK and not _forked_child:
-            if _needs_launch_lock():
-                with _launch_lock:
-                    return self.parallel(*args)
-            return self.parallel(*args)
+            if _lock_launches is False:
+                return self.parallel(*args)
+            return _locked_launch(self.parallel, args)
         return self.serial(*args)
 
     def __repr__(self) -> str:
@@ -168,9 +231,21 @@ def _typed_overload(like, value):
     return lambda like, value: np.float64(value)
 
 
-def set_num_threads(n: int) -> None:
-    """Set the number of threads for fastnn's parallel kernels."""
-    numba.set_num_threads(int(n))
+def set_num_threads(n: int, blas: bool = True) -> None:
+    """Set the thread count of fastnn's parallel kernels and, with ``blas``,
+    of NumPy's BLAS (through threadpoolctl) to the same number.
+
+    Both pools default to the number of cores; they can share the cores
+    because of the passive wait policy set above. ``FASTNN_NUM_THREADS``
+    applies this at import.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if blas:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n, user_api="blas")
 
 
 def get_num_threads() -> int:
@@ -196,3 +271,7 @@ def threading_info() -> dict:
         ],
         "parallel_min_work": PARALLEL_MIN_WORK,
     }
+
+
+if os.environ.get("FASTNN_NUM_THREADS"):
+    set_num_threads(int(os.environ["FASTNN_NUM_THREADS"]))

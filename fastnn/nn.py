@@ -462,12 +462,15 @@ class SoftmaxCrossEntropy(Module):
         self._target = None
 
     def forward(self, logits, y, training=None):
-        loss, self.probs, self._target = F.softmax_xent(logits, y, backend=self._backend)
+        loss, self.probs, target = F.softmax_xent(logits, y, backend=self._backend)
+        # Own copy: the backward indexes with the labels without checking
+        # them again, so a caller changing y in between must not reach it.
+        self._target = target.copy() if target is y else target
         return loss
 
     def backward(self, dout=None):
         probs = self._need(self.probs)
-        d = F.softmax_xent_backward(probs, self._target, backend=self._backend)
+        d = F._softmax_xent_backward(probs, self._target, np.empty_like(probs), self._backend)
         if dout is not None:
             d *= V.real("dout", dout)
         return d
@@ -519,10 +522,10 @@ class _LinearActBlock:
             seed, step = np.uint64(drop.seed), np.uint64(drop.step)
             mask = self._buf("mask", (n, h), np.dtype(np.uint8), True)
         args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, seed, step, threshold, scale)
-        if F._check_finite:  # dropout would hide a NaN in W from the output check
+        if F._finite_maybe and F._check_finite:  # dropout would hide a NaN in W from the output check
             F._finite("linear_act_forward", "received", x=x, W=W, b=lin.b)
         (_K_la if F._numba(backend) else _R_la).linear_act_forward(*args)
-        if F._check_finite:
+        if F._finite_maybe and F._check_finite:
             F._finite("linear_act_forward", "produced", y=y)
         lin.x = x
         if self.act is not None:
@@ -544,13 +547,13 @@ class _LinearActBlock:
         dx = self._buf("dx", x.shape, dt, reuse_dx) if need_dx else None
         args = (dx, lin.W.grad, lin.b.grad, dz, dy, x, _plain(lin.W), y, z, mask,
                 self.code, self.alpha, scale)
-        if F._check_finite:
+        if F._finite_maybe and F._check_finite:
             F._finite("linear_act_backward", "received", dout=dy)
         if F._numba(backend):
             _K_la.linear_act_backward(*args)
         else:
             _R_la.linear_act_backward(*args)
-        if F._check_finite:
+        if F._finite_maybe and F._check_finite:
             F._finite("linear_act_backward", "produced", dx=dx, dW=lin.W.grad, db=lin.b.grad)
         return dx
 

@@ -39,7 +39,7 @@ def exp_nonpos(v):
     return np.exp(v)
 
 
-@overload(exp_nonpos, inline="always")
+@overload(exp_nonpos)
 def _exp_nonpos_overload(v):
     if v != nbtypes.float32:
         return lambda v: np.exp(v)
@@ -70,7 +70,7 @@ def tanh_value(v):
     return np.tanh(v)
 
 
-@overload(tanh_value, inline="always")
+@overload(tanh_value)
 def _tanh_value_overload(v):
     if v != nbtypes.float32:
         return lambda v: np.tanh(v)
