@@ -495,32 +495,35 @@ class _LinearActBlock:
         self._bufs = {}
         self._cache = None
 
-    def _buf(self, name, shape, dtype, reuse):
-        if not reuse:
-            return np.empty(shape, dtype)
-        b = self._bufs.get(name)
-        if b is None or b.shape != shape or b.dtype != dtype:
-            b = self._bufs[name] = np.empty(shape, dtype)
-        return b
+    def _buffers(self, n, dt):
+        """(y, z, mask, dz, dx) for batch size n, allocated once per size."""
+        key = (n, dt)
+        bufs = self._bufs.get(key)
+        if bufs is None:
+            h, d = self.linear.out_features, self.linear.in_features
+            z = np.empty((n, h), dt) if self.code != _ACT_RELU else _EMPTY2[dt]
+            bufs = self._bufs[key] = (np.empty((n, h), dt), z, np.empty((n, h), np.uint8),
+                                      np.empty((n, h), dt), np.empty((n, d), dt))
+        return bufs
 
     def forward(self, x, training, backend, reuse_out):
         lin = self.linear
         W = lin.W
-        x = V.float_array("x", x, ndim=2, dtype=W.dtype)
+        dt = W.dtype
+        x = V.float_array("x", x, ndim=2, dtype=dt)
         if x.shape[1] != lin.in_features:
             raise ValueError(f"x must have shape (N, {lin.in_features}) for {lin!r}, got {x.shape}")
-        n, h = x.shape[0], lin.out_features
-        dt = W.dtype
-        y = self._buf("y", (n, h), dt, reuse_out)
-        z = self._buf("z", (n, h), dt, True) if self.code != _ACT_RELU else _EMPTY2[dt]
+        y, z, mask, _, _ = self._buffers(x.shape[0], dt)
+        if not reuse_out:  # the output leaves the Sequential: never overwrite it later
+            y = np.empty_like(y)
         drop = self.drop
-        scale, threshold, seed, step, mask = 1.0, 0, _ZERO_U64, _ZERO_U64, _EMPTY2_U8
-        if drop is not None and drop._is_training(training) and drop.p > 0:
+        if drop is not None and drop.p > 0 and drop._is_training(training):
             drop.step += 1
-            scale = 1.0 / (1.0 - drop.p)
-            threshold = _K_drop.dropout_threshold(drop.p)
+            p = drop.p
+            scale, threshold = 1.0 / (1.0 - p), _K_drop.dropout_threshold(p)
             seed, step = np.uint64(drop.seed), np.uint64(drop.step)
-            mask = self._buf("mask", (n, h), np.dtype(np.uint8), True)
+        else:
+            scale, threshold, seed, step, mask = 1.0, 0, _ZERO_U64, _ZERO_U64, _EMPTY2_U8
         args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, seed, step, threshold, scale)
         if F._finite_maybe and F._check_finite:  # dropout would hide a NaN in W from the output check
             F._finite("linear_act_forward", "received", x=x, W=W, b=lin.b)
@@ -543,8 +546,11 @@ class _LinearActBlock:
         dt = lin.W.dtype
         dy = V.float_array("dout", dout, ndim=2, dtype=dt)
         V.same_shape("dout", dy, "the block's output", y)
-        dz = self._buf("dz", y.shape, dt, True)
-        dx = self._buf("dx", x.shape, dt, reuse_dx) if need_dx else None
+        _, _, _, dz, dx = self._buffers(x.shape[0], dt)
+        if not need_dx:
+            dx = None
+        elif not reuse_dx:  # returned to the caller: a fresh array
+            dx = np.empty_like(dx)
         args = (dx, lin.W.grad, lin.b.grad, dz, dy, x, _plain(lin.W), y, z, mask,
                 self.code, self.alpha, scale)
         if F._finite_maybe and F._check_finite:
