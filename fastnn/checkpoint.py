@@ -1,0 +1,199 @@
+"""Checkpoints: a model, optionally its optimizer, and extra values in one ``.npz``.
+
+``save(path, model, optimizer=None, **extra)`` writes every parameter and
+buffer (BatchNorm's running statistics, Dropout's seed and step counter),
+the optimizer's step count, moments and hyperparameters, and ``extra``
+values (numbers, strings, bools, arrays: e.g. ``epoch=3, seed=0``). No
+pickle is written or read (``allow_pickle=False``): loading a checkpoint
+never runs code. The file is written to a temporary file in the same
+directory, fsynced, then renamed over ``path``: a crash leaves the old
+checkpoint or the new one, never half of one.
+
+``load(path, model, optimizer=None)`` checks names, shapes and dtypes
+against the model (and the optimizer's class and state) before changing
+anything, lists every difference in the error, copies the arrays in place
+(so optimizers keep their references) and returns the ``extra`` values.
+
+Resuming a run bit for bit (same thread count, numba backend)::
+
+    hist = fit(model, loss_fn, opt, X, y, epochs=1, seed=0)
+    save("ckpt.npz", model, opt, epoch=1, seed=hist.seed)
+    # later, in a fresh process, with the same architecture:
+    extra = load("ckpt.npz", model, opt)
+    fit(model, loss_fn, opt, X, y, epochs=2, seed=extra["seed"], initial_epoch=extra["epoch"])
+
+Layout of the archive: ``model/<name>``, ``optimizer/state/<i>/<name>``,
+``optimizer/param_groups/0/<hyperparameter>``, ``extra/<key>`` and
+``fastnn/format``, ``fastnn/optimizer`` (the optimizer's class name).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+__all__ = ["save", "load", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+def _check_model(model):
+    if not callable(getattr(model, "state_dict", None)) or not callable(getattr(model, "load_state_dict", None)):
+        raise TypeError(f"model must be a fastnn Module, got {type(model).__name__}")
+
+
+def _check_optimizer(optimizer):
+    if not callable(getattr(optimizer, "state_dict", None)) or not callable(getattr(optimizer, "load_state_dict", None)):
+        raise TypeError(f"optimizer must be a fastnn optimizer, got {type(optimizer).__name__}")
+
+
+def _value(key, v) -> np.ndarray:
+    """An extra or hyperparameter value as a non-object array."""
+    if v is None:
+        raise TypeError(f"{key}: None cannot be stored (no pickle); leave the value out")
+    try:
+        a = np.asarray(v)
+    except (ValueError, OverflowError) as exc:
+        raise TypeError(f"{key}: cannot be stored as an array ({exc})") from None
+    if a.dtype.kind not in "biufcUS":
+        raise TypeError(f"{key}: only numbers, bools, strings and numeric arrays can be stored "
+                        f"without pickle, got {type(v).__name__}")
+    return a
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_savez(path, arrays: dict) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode & 0o777
+    else:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def save(path, model, optimizer=None, **extra) -> None:
+    """Write ``model`` (and ``optimizer``, and ``extra`` values) to ``path``
+    as an ``.npz`` archive, atomically. The name is used as given."""
+    _check_model(model)
+    arrays = {"fastnn/format": np.array(FORMAT_VERSION, dtype=np.int64)}
+    for name, a in model.state_dict().items():
+        arrays["model/" + name] = np.asarray(a)
+    if optimizer is not None:
+        _check_optimizer(optimizer)
+        arrays["fastnn/optimizer"] = np.array(type(optimizer).__name__)
+        sd = optimizer.state_dict()
+        for i, st in sd["state"].items():
+            for name, a in st.items():
+                arrays[f"optimizer/state/{int(i)}/{name}"] = _value(f"optimizer state {i} {name}", a)
+        for g, group in enumerate(sd["param_groups"]):
+            for name, v in group.items():
+                arrays[f"optimizer/param_groups/{g}/{name}"] = _value(f"optimizer {name}", v)
+    for key, v in extra.items():
+        arrays["extra/" + key] = _value(f"extra value {key!r}", v)
+    _atomic_savez(path, arrays)
+
+
+def _optimizer_state(arrays: dict) -> dict:
+    """The optimizer's state_dict from the flat archive entries."""
+    state, groups = {}, {}
+    for key, a in arrays.items():
+        parts = key.split("/")
+        if parts[1] == "state" and len(parts) == 4:
+            v = a.item() if parts[3] == "step" else a
+            state.setdefault(int(parts[2]), {})[parts[3]] = v
+        elif parts[1] == "param_groups" and len(parts) == 4:
+            v = a.item() if a.ndim == 0 else (a.tolist() if parts[3] == "params" else tuple(a.tolist()))
+            groups.setdefault(int(parts[2]), {})[parts[3]] = v
+        else:
+            raise ValueError(f"unexpected entry {key!r} in the checkpoint")
+    return {"state": state, "param_groups": [groups[g] for g in sorted(groups)]}
+
+
+def load(path, model, optimizer=None) -> dict:
+    """Load a checkpoint written by :func:`save` into ``model`` (and
+    ``optimizer``), in place; return the ``extra`` values (0-d arrays as
+    Python scalars). Nothing is changed when anything does not match."""
+    _check_model(model)
+    if optimizer is not None:
+        _check_optimizer(optimizer)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable .npz checkpoint (not a zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise ValueError(f"{path}: holds pickled objects; fastnn checkpoints never do, "
+                             f"refusing to load it") from None
+        raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from None
+    if "fastnn/format" not in arrays:
+        raise ValueError(f"{path}: not a fastnn checkpoint (no 'fastnn/format' entry)")
+    version = int(arrays["fastnn/format"])
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {version} is newer than this fastnn "
+                         f"understands ({FORMAT_VERSION}); upgrade fastnn")
+    model_state = {k[len("model/"):]: a for k, a in arrays.items() if k.startswith("model/")}
+    opt_arrays = {k: a for k, a in arrays.items() if k.startswith("optimizer/")}
+    extra = {k[len("extra/"):]: (a.item() if a.ndim == 0 else a)
+             for k, a in arrays.items() if k.startswith("extra/")}
+
+    opt_state = None
+    if optimizer is not None:
+        if "fastnn/optimizer" not in arrays:
+            raise ValueError(f"{path}: the checkpoint holds no optimizer state "
+                             f"(saved without optimizer=)")
+        saved_cls = str(arrays["fastnn/optimizer"])
+        if saved_cls != type(optimizer).__name__:
+            raise ValueError(f"{path}: the checkpoint holds {saved_cls} state, but the optimizer "
+                             f"is {type(optimizer).__name__}")
+        opt_state = _optimizer_state(opt_arrays)
+        parse = getattr(optimizer, "_parse_state_dict", None)
+        if parse is not None:
+            try:
+                parse(opt_state)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+    try:
+        model.load_state_dict(model_state)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+    return extra
