@@ -5,7 +5,7 @@ from ._config import get_num_threads, set_num_threads, threading_info
 from .functional import check_finite, get_backend, set_backend, set_check_finite, use_backend
 from .init import manual_seed
 from . import functional, init, nn  # noqa: E402
-from . import checkpoint, optim, regularization, train  # noqa: E402
+from . import checkpoint, data, optim, regularization, train  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .train import evaluate, fit, predict  # noqa: E402
 
@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "nn", "functional", "init",
-    "optim", "train", "checkpoint", "regularization", "fit", "evaluate", "predict", "save", "load",
+    "data", "optim", "train", "checkpoint", "regularization", "fit", "evaluate", "predict", "save", "load",
     "set_backend", "get_backend", "use_backend",
     "set_check_finite", "check_finite", "manual_seed",
     "set_num_threads", "get_num_threads", "threading_info",
