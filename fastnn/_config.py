@@ -1,18 +1,24 @@
 """Numba flags, threading and the serial/parallel kernel wrapper.
 
-This module must be imported before any parallel kernel runs, because two
-settings only take effect when numba's threading layer is first loaded:
+A training step alternates BLAS matrix products (OpenBLAS's thread pool)
+with numba kernels (numba's OpenMP pool). Both pools keep all cores, and
+neither may busy-wait while the other works:
 
-* ``OMP_WAIT_POLICY=PASSIVE``. GNU OpenMP threads spin for a while after a
-  parallel region. On a 2-core machine they then fight OpenBLAS's threads,
-  which spin too: measured here, a GEMM followed by a small parallel kernel
-  took 8.6 ms instead of 0.24 ms. Passive waiting removes the fight while
-  both pools keep all cores for their own work.
+* ``OMP_WAIT_POLICY=PASSIVE``: GNU OpenMP threads otherwise spin after a
+  parallel region. Measured here, a GEMM followed by a small parallel kernel
+  took 8.6 ms instead of 0.24 ms. Must be set before numba loads OpenMP
+  (the first parallel kernel), which this module does.
+* ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS's idle threads otherwise spin for
+  2**28 cycles after every call, taking the core a numba kernel runs on;
+  with the seed's MNIST step at batch 64 the Adam update took 450 us instead
+  of 150 us. OpenBLAS reads this at load time; when NumPy was imported
+  first, ``_calm_openblas`` re-reads it and restarts OpenBLAS's threads.
 * The threading layer: ``omp`` first (thread-safe, cheapest launch: 7 us
   against 57 us for ``workqueue``), then ``tbb``, then ``workqueue``.
 
-Both can be overridden with the environment (``OMP_WAIT_POLICY``,
-``FASTNN_THREADING_LAYER``) before ``import fastnn``.
+Each can be overridden from the environment before ``import fastnn``
+(``OMP_WAIT_POLICY``, ``OPENBLAS_THREAD_TIMEOUT``, ``FASTNN_THREADING_LAYER``);
+``FASTNN_MANAGE_BLAS=0`` leaves OpenBLAS alone.
 """
 
 from __future__ import annotations
@@ -23,13 +29,45 @@ import threading
 import types
 import warnings
 
+OPENBLAS_TIMEOUT = "4"  # 2**4 cycles of spinning, OpenBLAS's minimum
+_MANAGE_BLAS = os.environ.get("FASTNN_MANAGE_BLAS", "1") != "0"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if _MANAGE_BLAS:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_TIMEOUT)
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
 from numba.core import types as nbtypes  # noqa: E402
 from numba.extending import overload  # noqa: E402
+
+
+
+def _calm_openblas() -> None:
+    """Apply OPENBLAS_THREAD_TIMEOUT to an OpenBLAS that NumPy loaded before
+    fastnn set it: re-read the environment and restart its threads."""
+    import ctypes
+
+    from threadpoolctl import threadpool_info
+
+    want = int(os.environ["OPENBLAS_THREAD_TIMEOUT"])
+    for info in threadpool_info():
+        if info.get("internal_api") != "openblas":
+            continue
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+            current = lib.openblas_thread_timeout()
+            if current == want:
+                continue
+            lib.openblas_read_env()
+            lib.blas_thread_shutdown_()
+            lib.blas_thread_init()
+        except (OSError, AttributeError):  # another build: leave it as it is
+            continue
+
+
+if _MANAGE_BLAS and os.environ.get("OPENBLAS_THREAD_TIMEOUT") == OPENBLAS_TIMEOUT:
+    _calm_openblas()
 
 _layer = os.environ.get("FASTNN_THREADING_LAYER")
 if _layer:
@@ -173,6 +211,18 @@ def _renamed(fn, suffix):
     f = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     f.__qualname__ = fn.__qualname__ + suffix
     return f
+
+
+def specialise(template, **bindings):
+    """njit a copy of ``template`` whose global names in ``bindings`` are
+    bound to the given jitted functions: one loop per bound function, each
+    its own compiled function (seven variants inlined into one kernel
+    stopped LLVM from vectorising them), cached under its own name."""
+    suffix = "__" + "_".join(f.__name__ for f in bindings.values())
+    fn = types.FunctionType(template.__code__, {**template.__globals__, **bindings},
+                            template.__name__ + suffix, template.__defaults__)
+    fn.__qualname__ = template.__qualname__ + suffix + _source_tag(template.__code__.co_filename)
+    return njit(**NJIT_FLAGS)(fn)
 
 
 class Kernel:

@@ -3,13 +3,14 @@
 Arrays are 1-D (``functional`` passes flat views) of ``n`` elements;
 ``mask: (n,) uint8`` is saved by the forward (1 = kept) and reused by the
 backward. Element ``i`` is kept when the top 24 bits of
-``hash32(hash32(i ^ key_lo) + key_hi)`` are at least
-``threshold = round(p * 2**24)``; ``(key_lo, key_hi)`` are the two halves
-of a 64-bit mix of (seed, step) (``dropout_key``; seed and step are uint64). ``hash32`` is the "lowbias32" integer
-finaliser: 32-bit multiplies vectorise (a 64-bit hash ran 10x slower), and
-the two rounds keep the masks of different steps from being shifted copies
-of one sequence. Same (seed, step), same mask, for any thread count, in
-numba and NumPy alike (numba's own RNG is per thread under ``parallel=True``).
+``hash32(i ^ key_lo) ^ key_hi`` are at least ``threshold = round(p * 2**24)``;
+``(key_lo, key_hi)`` are the two halves of a 64-bit mix of (seed, step)
+(``dropout_key``; seed and step are uint64). ``hash32`` is the "lowbias32"
+integer finaliser: 32-bit multiplies vectorise (a 64-bit hash per element
+ran 10x slower). XOR-ing ``key_hi`` after the hash keeps two steps' masks
+from being index permutations of one another. Same (seed, step), same mask,
+for any thread count, in numba and NumPy alike (numba's own RNG is per
+thread under ``parallel=True``).
 Kept elements are scaled by ``scale = 1 / (1 - p)``.
 """
 
@@ -60,7 +61,7 @@ def dropout_row(y, mask, x, base, key_lo, key_hi, threshold, scale):
     zero = typed(x, 0.0)
     b = np.uint32(base)
     for j in range(x.shape[0]):
-        h = hash32(np.uint32(hash32(np.uint32((b + np.uint32(j)) ^ key_lo)) + key_hi))
+        h = hash32(np.uint32((b + np.uint32(j)) ^ key_lo)) ^ key_hi
         keep = (h >> S8) >= t
         mask[j] = keep
         y[j] = x[j] * s if keep else zero

@@ -28,7 +28,7 @@ def _hash32(x):
 def dropout_forward(y, mask, x, seed, step, threshold, scale):
     key_lo, key_hi = dropout_key(int(seed), int(step))
     idx = np.arange(x.shape[0], dtype=np.uint32)
-    h = _hash32(_hash32(idx ^ np.uint32(key_lo)) + np.uint32(key_hi))
+    h = _hash32(idx ^ np.uint32(key_lo)) ^ np.uint32(key_hi)
     mask[...] = (h >> np.uint32(8)) >= np.uint32(threshold)
     y[...] = x * mask * x.dtype.type(scale)
 
