@@ -290,14 +290,14 @@ class SGD(Optimizer):
             if numba_:
                 k = K.sgd_momentum_update
                 for _, p, _, g, buf, n in self._fresh_views():
-                    k(p, buf, g, lr, mu, wd, nesterov, work=n)
+                    k(p, buf, g, lr, mu, wd, nesterov, work=3 * n)
             else:
                 for _, p, _, g, buf, n in self._fresh_views():
                     R.sgd_momentum_update(p, buf, g, lr, mu, wd, nesterov)
         elif numba_:
             k = K.sgd_update
             for _, p, _, g, n in self._fresh_views():
-                k(p, g, lr, wd, work=n)
+                k(p, g, lr, wd, work=2 * n)
         else:
             for _, p, _, g, n in self._fresh_views():
                 R.sgd_update(p, g, lr, wd)
@@ -349,7 +349,9 @@ class Adam(Optimizer):
         if F._numba(self.backend):
             k = K.adam_update
             for _, p, _, g, m, v, n in self._fresh_views():
-                k(p, m, v, g, step_size, b1, b2, eps, bc2_sqrt, l2, scale, work=n)
+                # work: an update touches several arrays per element, so the
+                # parallel build pays off at fewer elements than an activation
+                k(p, m, v, g, step_size, b1, b2, eps, bc2_sqrt, l2, scale, work=4 * n)
         else:
             for _, p, _, g, m, v, n in self._fresh_views():
                 R.adam_update(p, m, v, g, step_size, b1, b2, eps, bc2_sqrt, l2, scale)

@@ -65,6 +65,8 @@ def _ok(proc) -> str:
 # Shared by the thread and process scripts: a model of every layer type,
 # sized so that each kernel runs its parallel build.
 MODEL_SRC = """
+import os
+os.environ.setdefault("FASTNN_PARALLEL_MIN_WORK", "65536")  # before fastnn reads it
 import numpy as np
 import fastnn
 from fastnn import _config, nn
