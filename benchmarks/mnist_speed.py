@@ -217,8 +217,10 @@ def make_jax(seed):
     def train_step(xb, yb):
         state["t"] += 1
         state["key"], sub = jax.random.split(state["key"])
+        # Fresh NumPy copies: JAX copies its inputs asynchronously, and the
+        # loop refills xb and yb with the next batch at once.
         state["params"], state["m"], state["v"], loss = update(
-            state["params"], state["m"], state["v"], state["t"], xb, yb, sub)
+            state["params"], state["m"], state["v"], state["t"], xb.copy(), yb.copy(), sub)
         return loss  # left on the device: no sync per step, as a JAX user would write it
 
     def predict(X):
@@ -381,7 +383,8 @@ def main(argv=None):
         # The pitfall fastnn's _config avoids: OpenMP threads that spin after
         # each kernel, fighting OpenBLAS's threads for the same cores.
         runs.append(("numba", "numba-unmanaged",
-                     {"OMP_WAIT_POLICY": "ACTIVE", "FASTNN_PARALLEL_MIN_WORK": "0"}))
+                     {"OMP_WAIT_POLICY": "ACTIVE", "FASTNN_PARALLEL_MIN_WORK": "0",
+                      "FASTNN_MANAGE_BLAS": "0"}))
     for backend, label, extra_env in runs:
         if backend in ("torch", "jax") and not importable(backend):
             print(f"skipping {backend}: not importable")
