@@ -10,7 +10,7 @@ Gradients are overwritten, not accumulated.
 import numpy as np
 from numba import prange
 
-from .._config import kernel
+from .._config import jit_helper, kernel
 
 # Columns per task in column reductions: each task owns its columns (no race)
 # and walks rows in order (deterministic for any thread count).
@@ -26,9 +26,10 @@ def bias_add(y, b):
             y[i, j] += b[j]
 
 
-@kernel
-def column_sum(out, a):
-    """out[j] = sum_i a[i, j]. a: (N, H), out: (H,). Sums in float64."""
+@jit_helper
+def column_sums(out, a):
+    """out[j] = sum_i a[i, j] (float64 sums); parallel over column blocks
+    when inlined into a parallel kernel."""
     n, h = a.shape
     nblocks = (h + COL_BLOCK - 1) // COL_BLOCK
     for blk in prange(nblocks):
@@ -40,6 +41,12 @@ def column_sum(out, a):
                 acc[j - j0] += a[i, j]
         for j in range(j0, j1):
             out[j] = acc[j - j0]
+
+
+@kernel
+def column_sum(out, a):
+    """out[j] = sum_i a[i, j]. a: (N, H), out: (H,). Sums in float64."""
+    column_sums(out, a)
 
 
 def linear_forward(y, x, W, b):

@@ -24,7 +24,7 @@ from .activations import (GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, TANH,
                           leaky_relu_grad, relu_fn, sigmoid_fn, sigmoid_grad, silu_fn, silu_grad,
                           tanh_fn, tanh_grad)
 from .dropout import S8, dropout_key, hash32
-from .linear import COL_BLOCK
+from .linear import column_sums
 
 
 def _forward_row(row, zrow, mrow, b, alpha, base, key_lo, key_hi, t, s, save_z, drop):
@@ -131,16 +131,7 @@ def bias_act_dropout_backward(dz, db, dy, y, z, mask, act, alpha, scale):
             _BWD_SILU(dz[i], dy[i], z[i], mrow, a, s, drop)
         else:
             _BWD_IDENTITY(dz[i], dy[i], z[i], mrow, a, s, drop)
-    nblocks = (h + COL_BLOCK - 1) // COL_BLOCK
-    for blk in prange(nblocks):
-        j0 = blk * COL_BLOCK
-        j1 = min(j0 + COL_BLOCK, h)
-        acc = np.zeros(j1 - j0, dtype=np.float64)
-        for i in range(n):
-            for j in range(j0, j1):
-                acc[j - j0] += dz[i, j]
-        for j in range(j0, j1):
-            db[j] = acc[j - j0]
+    column_sums(db, dz)
 
 
 def linear_act_forward(y, z, mask, x, W, b, act, alpha, seed, step, threshold, scale):
