@@ -182,7 +182,7 @@ def _source_tag(path: str) -> str:
     imports from (recursively) and of this file, put in the kernel's cache
     name: numba checks only a kernel's own file before reusing its cache, so
     a kernel would keep a helper or constant imported from another file
-    (act_row, dropout_row, COL_BLOCK) as it was when first cached
+    (an activation, the dropout hash, column_sums) as it was when first cached
     (numba/numba#1833)."""
     import hashlib
     import re
