@@ -54,6 +54,12 @@ def hash32(x):
 
 
 @jit_helper
+def kept(index, key_lo, key_hi, threshold):
+    """Whether the element at flat ``index`` survives (threshold: uint32)."""
+    return ((hash32(np.uint32(index ^ key_lo)) ^ key_hi) >> S8) >= threshold
+
+
+@jit_helper
 def dropout_row(y, mask, x, base, key_lo, key_hi, threshold, scale):
     """Dropout of a contiguous run whose first element has flat index ``base``."""
     t = np.uint32(threshold)
@@ -61,8 +67,7 @@ def dropout_row(y, mask, x, base, key_lo, key_hi, threshold, scale):
     zero = typed(x, 0.0)
     b = np.uint32(base)
     for j in range(x.shape[0]):
-        h = hash32(np.uint32((b + np.uint32(j)) ^ key_lo)) ^ key_hi
-        keep = (h >> S8) >= t
+        keep = kept(np.uint32(b + np.uint32(j)), key_lo, key_hi, t)
         mask[j] = keep
         y[j] = x[j] * s if keep else zero
 

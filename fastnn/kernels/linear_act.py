@@ -23,7 +23,7 @@ from .activations import (GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, TANH,
                           gelu_grad_fn, identity_fn, identity_grad, leaky_relu_fn,
                           leaky_relu_grad, relu_fn, sigmoid_fn, sigmoid_grad, silu_fn, silu_grad,
                           tanh_fn, tanh_grad)
-from .dropout import S8, dropout_key, hash32
+from .dropout import dropout_key, kept
 from .linear import column_sums
 
 
@@ -38,7 +38,7 @@ def _forward_row(row, zrow, mrow, b, alpha, base, key_lo, key_hi, t, s, save_z, 
             zrow[j] = v
         a = act(v, alpha)  # noqa: F821
         if drop:
-            keep = ((hash32(np.uint32((base + np.uint32(j)) ^ key_lo)) ^ key_hi) >> S8) >= t
+            keep = kept(np.uint32(base + np.uint32(j)), key_lo, key_hi, t)
             mrow[j] = keep
             a = a * s if keep else zero
         row[j] = a
