@@ -5,10 +5,9 @@ mean and biased variance and saves ``mean: (D,)`` and ``rstd: (D,)``
 (1 / sqrt(var + eps)) for the backward; the running statistics are updated
 by the caller (``functional.batchnorm``). Eval mode uses the running ones.
 
-Column sums walk the rows in order (contiguous, vectorised): rows are split
-into a fixed number of chunks, each chunk sums into its own float64 partial
-row, and the partials are added in chunk order, so the result does not
-depend on the thread count. The variance is E[(x - m0)^2] - (mean - m0)^2
+Column sums walk the rows in order (contiguous, vectorised), in fixed row
+chunks with float64 partials added in chunk order (``_reduce``): the result
+does not depend on the thread count. The variance is E[(x - m0)^2] - (mean - m0)^2
 around the first row m0, in float64: one pass over x, and no cancellation
 when the mean is large against the spread. Gradients are overwritten.
 """
@@ -17,8 +16,7 @@ import numpy as np
 from numba import prange
 
 from .._config import jit_helper, kernel
-
-ROW_CHUNKS = 16
+from ._reduce import add_partials, chunk_partials, chunk_rows
 
 
 @jit_helper
@@ -28,8 +26,7 @@ def _column_sums(s1, s2, a, b, shift, use_b):
     n, d = a.shape
     nchunks = s1.shape[0]
     for c in prange(nchunks):
-        i0 = c * n // nchunks
-        i1 = (c + 1) * n // nchunks
+        i0, i1 = chunk_rows(c, n, nchunks)
         for i in range(i0, i1):
             if use_b:
                 for j in range(d):
@@ -47,21 +44,15 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     """Training: mean, var (biased), rstd = 1/sqrt(var + eps) over axis 0;
     y = (x - mean) * rstd * gamma + beta."""
     n, d = x.shape
-    nchunks = min(n, ROW_CHUNKS)
-    s1 = np.zeros((nchunks, d), dtype=np.float64)
-    s2 = np.zeros((nchunks, d), dtype=np.float64)
+    s1, s2 = chunk_partials(n, d)
     shift = x[0].astype(np.float64)
     _column_sums(s1, s2, x, x, shift, False)
+    t1, t2 = add_partials(s1, s2)
     a = np.empty(d, dtype=x.dtype)
     c = np.empty(d, dtype=x.dtype)
     for j in range(d):
-        t1 = 0.0
-        t2 = 0.0
-        for k in range(nchunks):
-            t1 += s1[k, j]
-            t2 += s2[k, j]
-        dm = t1 / n
-        v = max(t2 / n - dm * dm, 0.0)
+        dm = t1[j] / n
+        v = max(t2[j] / n - dm * dm, 0.0)
         m = shift[j] + dm
         r = 1.0 / np.sqrt(v + eps)
         mean[j] = m
@@ -95,21 +86,17 @@ def batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
     """dbeta = sum(dy), dgamma = sum(dy * xhat),
     dx = gamma * rstd / N * (N dy - dbeta - xhat * dgamma), xhat = (x - mean) * rstd."""
     n, d = x.shape
-    nchunks = min(n, ROW_CHUNKS)
-    s1 = np.zeros((nchunks, d), dtype=np.float64)
-    s2 = np.zeros((nchunks, d), dtype=np.float64)
+    s1, s2 = chunk_partials(n, d)
     m64 = mean.astype(np.float64)
     _column_sums(s1, s2, dy, x, m64, True)
+    t1, t2 = add_partials(s1, s2)
     # dx = k1 * dy - k0 - (x - mean) * k2, per column
     k0 = np.empty(d, dtype=x.dtype)
     k1 = np.empty(d, dtype=x.dtype)
     k2 = np.empty(d, dtype=x.dtype)
     for j in range(d):
-        sb = 0.0
-        sg = 0.0
-        for k in range(nchunks):
-            sb += s1[k, j]
-            sg += s2[k, j]
+        sb = t1[j]
+        sg = t2[j]
         r = np.float64(rstd[j])
         sg *= r  # sum(dy * xhat)
         dbeta[j] = sb

@@ -3,17 +3,15 @@
 ``x: (N, D)`` (``functional`` flattens leading axes into ``N``),
 ``gamma, beta: (D,)``, saved for the backward: ``mean, rstd: (N,)``.
 Row statistics are accumulated in float64. The parameter gradients sum
-over rows: rows are split into a fixed number of chunks, each chunk sums
-into its own partial row, and the partials are added in chunk order, so the
-result does not depend on the thread count. Gradients are overwritten.
+over rows, in fixed row chunks with float64 partials added in chunk order
+(``_reduce``), so the result does not depend on the thread count. Gradients are overwritten.
 """
 
 import numpy as np
 from numba import prange
 
 from .._config import kernel
-
-ROW_CHUNKS = 16
+from ._reduce import add_partials, chunk_partials, chunk_rows
 
 
 @kernel
@@ -41,12 +39,10 @@ def layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
     """dgamma = sum_rows(dy * xhat), dbeta = sum_rows(dy),
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma."""
     n, d = x.shape
-    nchunks = min(n, ROW_CHUNKS)
-    pg = np.zeros((nchunks, d), dtype=np.float64)
-    pb = np.zeros((nchunks, d), dtype=np.float64)
+    pg, pb = chunk_partials(n, d)
+    nchunks = pg.shape[0]
     for c in prange(nchunks):
-        i0 = c * n // nchunks
-        i1 = (c + 1) * n // nchunks
+        i0, i1 = chunk_rows(c, n, nchunks)
         for i in range(i0, i1):
             m = mean[i]
             r = rstd[i]
@@ -64,11 +60,7 @@ def layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
             for j in range(d):
                 xhat = (x[i, j] - m) * r
                 dx[i, j] = r * (dy[i, j] * gamma[j] - s1 - xhat * s2)
+    sg, sb = add_partials(pg, pb)
     for j in range(d):
-        sg = 0.0
-        sb = 0.0
-        for c in range(nchunks):
-            sg += pg[c, j]
-            sb += pb[c, j]
-        dgamma[j] = sg
-        dbeta[j] = sb
+        dgamma[j] = sg[j]
+        dbeta[j] = sb[j]
