@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _inference
 from . import _validate as V
 from . import functional as F
 from . import init as _init
@@ -689,6 +690,10 @@ class Sequential(Module):
 
     def forward(self, x, training=None):
         training = self._is_training(training)
+        if not training:  # inference fast path, no saved activations (fastnn/_inference.py)
+            y = _inference.eval_forward(self, x)
+            if y is not None:
+                return y
         blocks = self._plan()
         last = len(blocks) - 1
         backend = self._backend
