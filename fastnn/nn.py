@@ -641,7 +641,7 @@ class Sequential(Module):
             raise ValueError(f"optimizer must be one of {sorted(kinds)}, got {optimizer!r}")
         cls, default_lr = kinds[optimizer]
         opt = getattr(self, "_batch_optimizer", None)
-        if (type(opt) is not cls or [id(p) for p in opt.params] != [id(p) for p in self.parameters()]):
+        if type(opt) is not cls or [id(p) for p in opt.params] != [id(p) for p in self.parameters()]:
             opt = self._batch_optimizer = cls(self.parameters(), lr=default_lr if lr is None else lr)
         elif lr is not None:
             opt.lr = lr
