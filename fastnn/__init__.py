@@ -8,6 +8,8 @@ from . import functional, init, nn  # noqa: E402
 from . import checkpoint, data, optim, regularization, train  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .train import evaluate, fit, predict  # noqa: E402
+from . import onnx  # noqa: E402  (imports the onnx package only when export is called)
+from .torch_convert import from_torch, to_torch  # noqa: E402  (torch likewise)
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,5 @@ __all__ = [
     "set_backend", "get_backend", "use_backend",
     "set_check_finite", "check_finite", "manual_seed",
     "set_num_threads", "get_num_threads", "threading_info",
+    "onnx", "to_torch", "from_torch",
 ]

@@ -7,7 +7,11 @@ values (numbers, strings, bools, arrays: e.g. ``epoch=3, seed=0``). No
 pickle is written or read (``allow_pickle=False``): loading a checkpoint
 never runs code. The file is written to a temporary file in the same
 directory, fsynced, then renamed over ``path``: a crash leaves the old
-checkpoint or the new one, never half of one.
+checkpoint or the new one, never half of one. The temporary file's name holds
+the writer's host and process id (``.<name>.<host>.<pid>.<random>.tmp``); a
+successful save removes the temporaries that earlier saves of the same path
+left behind when their process died (killed mid-save), and leaves those of
+live writers and of other hosts alone.
 
 ``load(path, model, optimizer=None)`` checks names, shapes and dtypes
 against the model (and the optimizer's class and state) before changing
@@ -30,6 +34,7 @@ Layout of the archive: ``model/<name>``, ``optimizer/state/<i>/<name>``,
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import zipfile
 
@@ -70,14 +75,53 @@ def _umask() -> int:
     return mask
 
 
+def _host_tag() -> str:
+    """This host's name, reduced to characters safe in a file name and free of dots."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or unknown: keep its file
+    return True
+
+
+def _remove_stale_temporaries(directory: str, base: str) -> None:
+    """Unlink ``.<base>.<host>.<pid>.<random>.tmp`` files written on this host by
+    processes that no longer run (a save killed before its rename)."""
+    prefix, host = "." + base + ".", _host_tag()
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        parts = name[len(prefix):-len(".tmp")].split(".")
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue  # possibly a save in progress (another thread or process)
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
 def _atomic_savez(path, arrays: dict) -> None:
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
     if os.path.exists(path):
         mode = os.stat(path).st_mode & 0o777
     else:
         mode = 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.{_host_tag()}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -91,6 +135,7 @@ def _atomic_savez(path, arrays: dict) -> None:
         except OSError:
             pass
         raise
+    _remove_stale_temporaries(directory, base)
     try:  # make the rename itself durable
         dfd = os.open(directory, os.O_RDONLY)
     except OSError:

@@ -200,3 +200,58 @@ def test_resume_in_a_fresh_process_is_bit_exact(tmp_path):
     assert resumed_opt.step_count == straight_opt.step_count == 12
     for a, b in zip(resumed_opt.state, straight_opt.state):
         assert_same_state(a, b)
+
+
+def _stale_temporaries(directory, name="ckpt.npz"):
+    return sorted(f for f in os.listdir(directory) if f.startswith("." + name + ".") and f.endswith(".tmp"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kill_9_during_save_leaves_a_loadable_checkpoint_and_the_next_save_cleans_up(tmp_path):
+    import signal
+    import time
+
+    model, opt = trained()
+    big = {"weights": np.arange(2_000_000, dtype=np.float32)}  # a save that takes a while to write
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save(path, model, opt, epoch=0)
+    rng = np.random.default_rng(0)
+    kills, stale_seen, last_epoch = 20, set(), 0
+    for k in range(kills):
+        pid = os.fork()
+        if pid == 0:  # the child saves in a loop until killed
+            try:
+                while True:
+                    checkpoint.save(path, model, opt, epoch=k, **big)
+            finally:
+                os._exit(1)
+        time.sleep(float(rng.uniform(0.0, 0.2)))
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        stale_seen.update(_stale_temporaries(tmp_path))
+        fresh = mnist_model(seed=9)
+        fresh_opt = optim.Adam(fresh.parameters(), lr=0.5)
+        extra = fastnn.load(path, fresh, fresh_opt)  # the old checkpoint or a complete new one
+        assert extra["epoch"] in (last_epoch, k)
+        last_epoch = extra["epoch"]
+        assert_same_state(fresh.state_dict(), model.state_dict())
+    # the kills must have hit saves in progress, or this test checked nothing
+    assert len(stale_seen) >= 5, stale_seen
+    checkpoint.save(path, model, opt, epoch=99)
+    assert _stale_temporaries(tmp_path) == []
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.npz"]
+    assert fastnn.load(path, mnist_model(seed=9))["epoch"] == 99
+
+
+def test_save_keeps_temporaries_of_live_writers(tmp_path):
+    model, _ = trained()
+    path = tmp_path / "ckpt.npz"
+    host = checkpoint._host_tag()
+    live = tmp_path / f".ckpt.npz.{host}.{os.getppid()}.abc123.tmp"  # our parent runs
+    other_host = tmp_path / f".ckpt.npz.{host}x.999999999.abc123.tmp"
+    other_file = tmp_path / ".other.npz.x.1.abc.tmp"
+    for f in (live, other_host, other_file):
+        f.write_bytes(b"in progress")
+    checkpoint.save(path, model)
+    assert live.exists() and other_host.exists() and other_file.exists()
