@@ -1,0 +1,328 @@
+"""Data-parallel training over MPI: ``fit(..., comm=MPI.COMM_WORLD)``.
+
+Every rank runs the same script on the same ``X, y``; ``batch_size`` is the
+global batch and rank r trains on its contiguous share of every global batch
+(:func:`share`). At the start, the ranks check that they hold the same model
+and optimizer (:func:`check_same_model`; refused on every rank, naming the
+difference) and take rank 0's parameters, buffers and optimizer state.
+
+The result does not depend on the number of ranks, up to float summation
+order:
+
+* gradients: the loss is a mean over the local share, so rank r's gradient is
+  weighted by ``n_r / N`` and the weighted gradients are summed, in one
+  in-place ``Allreduce`` over a flat buffer that the parameters' ``.grad``
+  arrays are views of (no packing);
+* Dropout: the masks are drawn by global row (``Dropout.row_offset``);
+* BatchNorm: batch statistics over the global batch (:class:`SyncBatchNorm`,
+  installed as ``BatchNorm.sync`` during ``fit``);
+* the epoch loss and validation metrics are sums over all ranks, so history
+  and early stopping are the same everywhere.
+
+A rank that raises inside ``fit`` prints its traceback and aborts the whole
+job (``comm.Abort(1)``): the other ranks would otherwise wait forever in the
+next collective. A communicator of one rank is the same as ``comm=None``.
+
+mpi4py is optional (``pip install 'fastnn[mpi]'``): this module imports it
+only when a communicator is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+
+import numpy as np
+
+from . import nn
+
+__all__ = ["share", "check_same_model", "broadcast_state", "SyncBatchNorm", "GradientAverager",
+           "DataParallel", "ModelMismatchError", "setup", "abort_on_error", "is_root", "barrier"]
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:  # pragma: no cover - comm objects come from mpi4py
+        raise ImportError("comm= needs mpi4py: pip install 'fastnn[mpi]'") from exc
+    return MPI
+
+
+def _size(comm) -> int:
+    return 1 if comm is None else int(comm.Get_size())
+
+
+def _check_comm(comm):
+    if comm is not None and not all(callable(getattr(comm, a, None))
+                                    for a in ("Get_size", "Get_rank", "Allreduce", "bcast", "Abort")):
+        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD) or None, "
+                        f"got {type(comm).__name__}")
+
+
+def is_root(comm) -> bool:
+    """True on rank 0, and without a communicator."""
+    return comm is None or comm.Get_rank() == 0
+
+
+def barrier(comm) -> None:
+    if _size(comm) > 1:
+        comm.Barrier()
+
+
+def share(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous rows ``[a, b)`` of the global rows
+    ``[start, stop)``: sizes differ by at most one, earlier ranks first."""
+    n = stop - start
+    return start + rank * n // size, start + (rank + 1) * n // size
+
+
+def _modules(m, path="model"):
+    yield path, m
+    for i, child in m._children():
+        yield from _modules(child, f"{path}[{i}]" if isinstance(m, nn.Sequential) else f"{path}.{i}")
+
+
+def describe(model, optimizer=None) -> list:
+    """What must agree between ranks: each module's type, its parameters' and
+    buffers' shapes and dtypes, the optimizer's class; ``(where, what)`` pairs."""
+    out = []
+    for path, m in _modules(model):
+        out.append((path, type(m).__name__))
+        for name, a in list(m._named_params()) + list(m._named_buffers()):
+            a = np.asarray(a)
+            out.append((f"{path}.{name}", f"shape {a.shape} dtype {a.dtype}"))
+    if optimizer is not None:
+        out.append(("optimizer", type(optimizer).__name__))
+    return out
+
+
+def _first_difference(mine: list, root: list) -> str | None:
+    for (w0, d0), (w1, d1) in zip(root, mine):
+        if w0 != w1:
+            return f"{w0} ({d0}) on rank 0, {w1} ({d1}) here"
+        if d0 != d1:
+            return f"{w0} is {d0} on rank 0, {d1} here"
+    if len(mine) != len(root):
+        longer, extra = ("rank 0", root[len(mine)]) if len(root) > len(mine) else ("here", mine[len(root)])
+        return f"{extra[0]} ({extra[1]}) exists {longer} only"
+    return None
+
+
+def check_same_model(comm, model, optimizer=None, **settings) -> None:
+    """Raise the same ValueError on every rank when the ranks' models
+    (module types, parameter/buffer shapes and dtypes), optimizer classes or
+    ``settings`` (e.g. data length, batch size) differ, naming the first
+    difference of each rank that differs from rank 0."""
+    mine = describe(model, optimizer) + [(f"fit's {k}", repr(v)) for k, v in sorted(settings.items())]
+    everyone = comm.allgather(mine)
+    problems = []
+    for r, desc in enumerate(everyone[1:], start=1):
+        diff = _first_difference(desc, everyone[0])
+        if diff is not None:
+            problems.append(f"rank {r}: " + diff.replace(" here", f" on rank {r}"))
+    if problems:
+        raise ModelMismatchError("the ranks do not train the same model; every rank must build the same "
+                         "model, optimizer and data: " + "; ".join(problems))
+
+
+def broadcast_state(comm, model, optimizer=None, root: int = 0) -> None:
+    """Copy rank ``root``'s parameters, buffers (BatchNorm statistics, Dropout
+    seeds and steps) and optimizer state to every rank, in place."""
+    state = comm.bcast(model.state_dict() if comm.Get_rank() == root else None, root=root)
+    model.load_state_dict(state)
+    if optimizer is not None and callable(getattr(optimizer, "state_dict", None)):
+        ostate = comm.bcast(optimizer.state_dict() if comm.Get_rank() == root else None, root=root)
+        optimizer.load_state_dict(ostate)
+
+
+class SyncBatchNorm:
+    """BatchNorm's training forward and backward over the global batch.
+
+    Installed as ``bn.sync`` on each ``nn.BatchNorm`` by data-parallel
+    ``fit``. Forward: one ``Allreduce`` of the per-feature sums of ``x - c``
+    and ``(x - c)^2`` (float64; ``c`` is the running mean, the same on every
+    rank and near the batch mean, so the variance does not cancel) and of the
+    row count. Backward: one ``Allreduce`` of the per-feature sums of
+    ``dy`` and ``dy * xhat`` (each rank's weighted by its row count ``n_r``,
+    since ``dy`` is the gradient of the mean loss over its ``n_r`` rows). The
+    parameter gradients are left local; the gradient all-reduce sums them.
+    """
+
+    def __init__(self, comm):
+        self.comm = comm
+
+    def forward(self, bn, x):
+        MPI = _mpi()
+        n, d = x.shape
+        c = bn.running_mean.astype(np.float64)
+        t = x - c  # float64
+        buf = np.empty(2 * d + 1)
+        np.sum(t, axis=0, out=buf[:d])
+        np.einsum("ij,ij->j", t, t, out=buf[d:2 * d])
+        buf[2 * d] = n
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        total = int(round(buf[2 * d]))
+        if total < 2:
+            raise ValueError(f"batchnorm in training mode needs more than 1 sample per global batch, "
+                             f"got {total}")
+        dm = buf[:d] / total
+        var = np.maximum(buf[d:2 * d] / total - dm * dm, 0.0)
+        mean = c + dm
+        rstd = 1.0 / np.sqrt(var + bn.eps)
+        dt = x.dtype
+        scale = rstd * bn.gamma.view(np.ndarray)
+        y = ((x - mean) * scale + bn.beta.view(np.ndarray)).astype(dt, copy=False)
+        m = bn.momentum
+        bn.running_mean[...] = (1 - m) * bn.running_mean + m * mean
+        bn.running_var[...] = (1 - m) * bn.running_var + m * var
+        return y, mean.astype(dt), rstd.astype(dt), total
+
+    def backward(self, bn, dy, x, mean, rstd, total):
+        MPI = _mpi()
+        n, d = x.shape
+        if dy.shape != x.shape:
+            raise ValueError(f"dout must have the shape of the forward's input {x.shape}, got {dy.shape}")
+        mean64, rstd64 = mean.astype(np.float64), rstd.astype(np.float64)
+        xhat = (x - mean64) * rstd64
+        buf = np.empty(2 * d)
+        np.sum(dy, axis=0, out=buf[:d], dtype=np.float64)
+        np.einsum("ij,ij->j", dy, xhat, out=buf[d:])
+        bn.beta.grad[...] = buf[:d]
+        bn.gamma.grad[...] = buf[d:]
+        buf *= n
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        buf /= total
+        dx = (dy - (buf[:d] + xhat * buf[d:]) / n) * (rstd64 * bn.gamma.view(np.ndarray))
+        return dx.astype(x.dtype, copy=False)
+
+
+class GradientAverager:
+    """Makes the parameters' ``.grad`` arrays views of one flat buffer per
+    dtype, so that averaging is an in-place weighted ``Allreduce`` of that
+    buffer: no packing or unpacking."""
+
+    def __init__(self, comm, params):
+        self.comm = comm
+        by_dtype = {}
+        for p in params:
+            by_dtype.setdefault(np.dtype(p.dtype), []).append(p)
+        self.buffers = []
+        for dt, ps in by_dtype.items():
+            flat = np.zeros(sum(p.size for p in ps), dt)
+            i = 0
+            for p in ps:
+                view = flat[i:i + p.size].reshape(p.shape)
+                if p.grad is not None:
+                    view[...] = p.grad
+                p.grad = view
+                i += p.size
+            self.buffers.append(flat)
+
+    def average(self, weight: float) -> None:
+        """grad = sum over ranks of ``weight_r * grad_r``."""
+        MPI = _mpi()
+        for flat in self.buffers:
+            if weight != 1.0:
+                flat *= flat.dtype.type(weight)
+            self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+
+
+class DataParallel:
+    """What ``fit`` needs from the communicator; made by :func:`setup`."""
+
+    def __init__(self, comm, model, optimizer, params):
+        self.comm = comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.dropouts = [m for _, m in _modules(model) if isinstance(m, nn.Dropout)]
+        self.norms = [m for _, m in _modules(model) if isinstance(m, nn.BatchNorm)]
+        self.averager = GradientAverager(comm, params)
+        sync = SyncBatchNorm(comm)
+        for bn in self.norms:
+            bn.sync = sync
+        self.weight = 1.0
+
+    def share(self, start: int, stop: int) -> tuple[int, int]:
+        """This rank's rows of the global batch ``[start, stop)``; sets the
+        Dropout row offsets and the gradient weight for this step."""
+        a, b = share(start, stop, self.rank, self.size)
+        if b <= a:
+            raise ValueError(f"a global batch of {stop - start} rows leaves rank {self.rank} of "
+                             f"{self.size} without rows; use a batch_size (and a data length) "
+                             f"giving every batch at least {self.size} rows")
+        for d in self.dropouts:
+            d.row_offset = a - start
+        self.weight = (b - a) / (stop - start)
+        return a, b
+
+    def average_gradients(self) -> None:
+        self.averager.average(self.weight)
+
+    def sum(self, *values) -> list:
+        """Sums over the ranks of float ``values`` (one Allreduce)."""
+        MPI = _mpi()
+        buf = np.array(values, dtype=np.float64)
+        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        return buf.tolist()
+
+    def evaluate(self, evaluate, model, loss_fn, X, y, batch_size):
+        """``evaluate`` over the whole of (X, y), each rank taking its share of
+        the rows; the same (loss, accuracy) on every rank."""
+        a, b = share(0, len(X), self.rank, self.size)
+        loss = acc = 0.0
+        if b > a:
+            loss, acc = evaluate(model, loss_fn, X[a:b], y[a:b], batch_size)
+        total_loss, correct = self.sum(loss * (b - a), acc * (b - a))
+        return total_loss / len(X), round(correct) / len(X)
+
+
+def setup(comm, model, optimizer, params, seed, **settings):
+    """None without a communicator or with one rank; else check that all
+    ranks agree (:func:`check_same_model`), take rank 0's state and shuffling
+    seed, and return the :class:`DataParallel` helper and the seed."""
+    _check_comm(comm)
+    if _size(comm) == 1:
+        return None, seed
+    check_same_model(comm, model, optimizer, **settings)
+    seed = comm.bcast(seed, root=0)
+    broadcast_state(comm, model, optimizer)
+    return DataParallel(comm, model, optimizer, params), seed
+
+
+class ModelMismatchError(ValueError):
+    """The ranks hold different models, optimizers or fit settings; raised
+    alike on every rank (so no abort is needed)."""
+
+
+def abort_on_error(fn):
+    """Decorator for ``fit``: with a ``comm=`` of several ranks, an exception
+    prints its traceback and aborts the job (never a hang), except a
+    :class:`ModelMismatchError`, raised alike on every rank; the
+    data-parallel hooks are removed from the model when ``fit`` ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, comm=None, **kwargs):
+        if _size(comm) <= 1:
+            return fn(*args, comm=comm, **kwargs)
+        try:
+            return fn(*args, comm=comm, **kwargs)
+        except ModelMismatchError:
+            raise
+        except BaseException:
+            sys.stderr.write(f"fastnn: rank {comm.Get_rank()} of {comm.Get_size()} failed; "
+                             f"aborting all ranks\n")
+            traceback.print_exc()
+            sys.stderr.flush()
+            sys.stdout.flush()
+            comm.Abort(1)
+            raise
+        finally:
+            model = args[0] if args else kwargs.get("model")
+            if isinstance(model, nn.Module):
+                for _, m in _modules(model):
+                    if isinstance(m, nn.Dropout):
+                        m.row_offset = 0
+                    elif isinstance(m, nn.BatchNorm):
+                        m.sync = None
+
+    return wrapper

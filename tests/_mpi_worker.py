@@ -1,0 +1,77 @@
+"""Run by tests/test_distributed.py under ``mpiexec -n K`` (or alone):
+``python _mpi_worker.py MODE OUT_DIR``.
+
+MODE ``fit``: a model with Dropout and BatchNorm trained for one epoch with
+``comm=MPI.COMM_WORLD`` (``fit-nocomm``: without comm); every rank writes
+its parameters and history to OUT_DIR/rank<r>.npz. ``fail``: rank 1 raises
+in the middle of training. ``mismatch``: rank 1 builds a different model.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+import fastnn
+from fastnn import nn, optim
+
+fastnn.set_num_threads(1)
+
+
+def build(rank, mode):
+    # Different initial weights per rank: fit must take rank 0's.
+    fastnn.manual_seed(100 + rank)
+    hidden = 24 if mode == "mismatch" and rank == 1 else 32
+    return nn.Sequential([
+        nn.Linear(20, hidden), nn.ReLU(), nn.Dropout(0.3), nn.BatchNorm(hidden),
+        nn.Linear(hidden, 16), nn.Tanh(), nn.Dropout(0.2),
+        nn.Linear(16, 5),
+    ])
+
+
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 20)).astype(np.float32)
+    y = (X[:, :5].argmax(axis=1) + (X[:, 5] > 1)) % 5
+    return X[:500], y[:500], X[500:], y[500:]
+
+
+class _FailingLoss(nn.SoftmaxCrossEntropy):
+    calls = 0
+
+    def forward(self, logits, y, training=None):
+        _FailingLoss.calls += 1
+        if _FailingLoss.calls == 3:
+            raise RuntimeError("deliberate failure on rank 1 at step 3")
+        return super().forward(logits, y, training)
+
+
+def main():
+    mode, out = sys.argv[1], sys.argv[2]
+    comm = None
+    rank = 0
+    if mode != "fit-nocomm":
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        rank = comm.Get_rank()
+    model = build(rank, mode)
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    X, y, Xv, yv = data()
+    loss_fn = _FailingLoss() if mode == "fail" and rank == 1 else nn.SoftmaxCrossEntropy()
+    hist = fastnn.fit(model, loss_fn, opt, X, y, epochs=int(os.environ.get("EPOCHS", 1)), batch_size=64, seed=3,
+                      validation_data=(Xv, yv), progress=False, comm=comm)
+    state = {"param/" + k: v for k, v in model.state_dict().items()}
+    np.savez(f"{out}/rank{rank}.npz", loss=np.array(hist.loss), val_loss=np.array(hist.val_loss),
+             val_accuracy=np.array(hist.val_accuracy), **state)
+    if comm is not None:
+        fastnn.save(f"{out}/ckpt.npz", model, opt, comm=comm, epoch=2)
+        fresh = build(rank, mode)
+        fastnn.load(f"{out}/ckpt.npz", fresh, optim.Adam(fresh.parameters(), lr=1e-2))
+        for (k, a), b in zip(fresh.state_dict().items(), model.state_dict().values()):
+            assert np.array_equal(a, b), k
+    print(f"rank {rank} done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
