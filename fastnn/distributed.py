@@ -30,6 +30,7 @@ only when a communicator is used.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import traceback
 
@@ -315,7 +316,7 @@ def abort_on_error(fn):
             sys.stderr.flush()
             sys.stdout.flush()
             comm.Abort(1)
-            raise
+            os._exit(1)  # in case Abort returns: never go on to a collective that would hang
         finally:
             model = args[0] if args else kwargs.get("model")
             if isinstance(model, nn.Module):

@@ -483,8 +483,10 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
     for name, v in (("seed", seed), ("step", step)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, (int, np.integer)) or row_offset < 0:
-        raise TypeError(f"row_offset must be a non-negative int, got {row_offset!r}")
+    if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, (int, np.integer)):
+        raise TypeError(f"row_offset must be an int, got {type(row_offset).__name__}")
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be non-negative, got {row_offset}")
     if _finite_maybe and _check_finite:
         _finite("dropout_forward", "received", x=x)
     if not training or p == 0.0:
