@@ -39,7 +39,7 @@ import numpy as np
 from . import nn
 
 __all__ = ["share", "check_same_model", "broadcast_state", "SyncBatchNorm", "GradientAverager",
-           "DataParallel", "ModelMismatchError", "setup", "abort_on_error", "is_root", "barrier"]
+           "DataParallel", "RefusedError", "ModelMismatchError", "setup", "abort_on_error", "is_root", "barrier"]
 
 
 def _mpi():
@@ -247,10 +247,6 @@ class DataParallel:
         """This rank's rows of the global batch ``[start, stop)``; sets the
         Dropout row offsets and the gradient weight for this step."""
         a, b = share(start, stop, self.rank, self.size)
-        if b <= a:
-            raise ValueError(f"a global batch of {stop - start} rows leaves rank {self.rank} of "
-                             f"{self.size} without rows; use a batch_size (and a data length) "
-                             f"giving every batch at least {self.size} rows")
         for d in self.dropouts:
             d.row_offset = a - start
         self.weight = (b - a) / (stop - start)
@@ -285,20 +281,30 @@ def setup(comm, model, optimizer, params, seed, **settings):
     if _size(comm) == 1:
         return None, seed
     check_same_model(comm, model, optimizer, **settings)
+    size, n, batch = comm.Get_size(), settings["n"], settings["batch_size"]
+    smallest = min(batch, n) if n % batch == 0 or n < batch else min(batch, n % batch)
+    if smallest < size:
+        raise RefusedError(f"a global batch of {smallest} rows (batch_size={batch}, {n} rows) cannot give "
+                           f"each of the {size} ranks a row; use a batch_size such that every batch, the "
+                           f"last included, has at least {size} rows, or fewer ranks")
     seed = comm.bcast(seed, root=0)
     broadcast_state(comm, model, optimizer)
     return DataParallel(comm, model, optimizer, params), seed
 
 
-class ModelMismatchError(ValueError):
-    """The ranks hold different models, optimizers or fit settings; raised
-    alike on every rank (so no abort is needed)."""
+class RefusedError(ValueError):
+    """The ranks cannot train together; raised alike on every rank before
+    training starts (so no abort is needed)."""
+
+
+class ModelMismatchError(RefusedError):
+    """The ranks hold different models, optimizers or fit settings."""
 
 
 def abort_on_error(fn):
     """Decorator for ``fit``: with a ``comm=`` of several ranks, an exception
     prints its traceback and aborts the job (never a hang), except a
-    :class:`ModelMismatchError`, raised alike on every rank; the
+    :class:`RefusedError`, raised alike on every rank; the
     data-parallel hooks are removed from the model when ``fit`` ends."""
 
     @functools.wraps(fn)
@@ -307,7 +313,7 @@ def abort_on_error(fn):
             return fn(*args, comm=comm, **kwargs)
         try:
             return fn(*args, comm=comm, **kwargs)
-        except ModelMismatchError:
+        except RefusedError:
             raise
         except BaseException:
             sys.stderr.write(f"fastnn: rank {comm.Get_rank()} of {comm.Get_size()} failed; "

@@ -5,7 +5,8 @@ MODE ``fit``: a model with Dropout and BatchNorm trained for one epoch with
 ``comm=MPI.COMM_WORLD`` (``fit-nocomm``: without comm); every rank writes
 its parameters and history to OUT_DIR/rank<r>.npz. ``fail``: rank 1 raises
 in the middle of training. ``mismatch``: rank 1 builds a different model
-(each rank prints the refusal). ``syncbn``: SyncBatchNorm against BatchNorm.
+(each rank prints the refusal); ``smallbatch``: a last batch of 1 row on 2
+ranks, refused. ``syncbn``: SyncBatchNorm against BatchNorm.
 """
 
 import os
@@ -101,14 +102,16 @@ def main():
         comm.Barrier()
         X = np.load(f"{out}/X.npy", mmap_mode="r")
     loss_fn = _FailingLoss() if mode == "fail" and rank == 1 else nn.SoftmaxCrossEntropy()
-    if mode == "mismatch":
+    if mode in ("mismatch", "smallbatch"):
+        n = 401 if mode == "smallbatch" else len(X)  # batch_size 100: a last batch of 1 row
         try:
-            fastnn.fit(model, loss_fn, opt, X, y, epochs=1, batch_size=64, seed=3, progress=False, comm=comm)
+            fastnn.fit(model, loss_fn, opt, X[:n], y[:n], epochs=1, batch_size=100, seed=3, progress=False,
+                       comm=comm)
         except ValueError as exc:
             sys.stdout.write(f"rank {rank} refused: {exc}\n")
             sys.stdout.flush()
             return
-        raise AssertionError("a mismatched model was not refused")
+        raise AssertionError(f"{mode}: not refused")
     hist = fastnn.fit(model, loss_fn, opt, X, y, epochs=int(os.environ.get("EPOCHS", 1)), batch_size=64, seed=3,
                       validation_data=(Xv, yv), progress=False, comm=comm)
     state = {"param/" + k: v for k, v in model.state_dict().items()}

@@ -131,3 +131,8 @@ def test_mismatched_models_are_refused_on_every_rank(no_comm, tmp_path):
     assert "rank 0 refused:" in proc.stdout and "rank 1 refused:" in proc.stdout
     why = "rank 1: model[0].W is shape (20, 32) dtype float32 on rank 0, shape (20, 24) dtype float32 on rank 1"
     assert proc.stdout.count(why) == 2, proc.stdout
+
+
+def test_a_batch_smaller_than_the_ranks_is_refused_on_every_rank(no_comm, tmp_path):
+    proc = _ok(_run(2, "smallbatch", tmp_path, timeout=120))
+    assert proc.stdout.count("a global batch of 1 rows (batch_size=100, 401 rows) cannot give") == 2, proc.stdout
