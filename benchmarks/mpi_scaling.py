@@ -12,8 +12,10 @@ first loads the compiled kernels; then ``--epochs`` epochs are timed and the
 median epoch reported. The configurations are run ``--repeats`` times,
 interleaved, and the median of those is printed with
 ``speedup = t(1) / t(K)`` and ``efficiency = speedup / K``.
-``time in all-reduce`` is rank 0's time inside the gradient all-reduce
-(waiting for the slowest rank included).
+``time in it`` is rank 0's time summing the gradients across ranks
+(waiting for the slowest rank included). ``auto`` is the shared-memory
+window up to ``GradientAverager.shared_memory_ranks`` ranks on one machine,
+else MPI Allreduce; ``--allreduce`` also times Allreduce alone.
 
 Data: Fashion-MNIST/MNIST found by ``fastnn.data`` when present, else a
 synthetic MNIST-shaped set (said so in the output).
@@ -60,6 +62,8 @@ def worker(args):
 
     comm = MPI.COMM_WORLD
     fastnn.set_num_threads(args.threads)
+    if args.path == "allreduce":
+        distributed.GradientAverager.shared_memory_ranks = 0
     X, y, name = load_data(args.samples)
 
     def build():
@@ -117,39 +121,44 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=20000, help="training rows (default 20000)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per run (default 2)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved runs per rank count (default 2)")
+    p.add_argument("--allreduce", action="store_true",
+                   help="also time each rank count > 1 with the gradients summed by MPI Allreduce "
+                        "instead of the shared-memory window")
+    p.add_argument("--path", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
 
     ranks = [int(r) for r in args.ranks.split(",")]
+    configs = [(k, "auto") for k in ranks] + [(k, "allreduce") for k in ranks if k > 1 and args.allreduce]
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = str(args.threads)
-    results = {k: [] for k in ranks}
-    name = allreduce = None
-    allreduce = {}
+    results = {c: [] for c in configs}
+    name, allreduce = None, {}
     for _ in range(args.repeats):
-        for k in ranks:
-            cmd = [mpiexec(), "-n", str(k), sys.executable, HERE, "--worker",
+        for k, path in configs:
+            cmd = [mpiexec(), "-n", str(k), sys.executable, HERE, "--worker", "--path", path,
                    "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                    "--samples", str(args.samples), "--epochs", str(args.epochs)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
             if out.returncode != 0:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            results[k].append(r["epoch_s"])
-            allreduce.setdefault(k, []).append(r["allreduce_s"])
+            results[k, path].append(r["epoch_s"])
+            allreduce.setdefault((k, path), []).append(r["allreduce_s"])
             name = r["data"]
     print(f"{name}, {args.samples} rows, global batch {args.batch_size}, {args.threads} thread(s) per rank, "
           f"median of {args.repeats} interleaved runs x {args.epochs} epochs")
-    base = statistics.median(results[ranks[0]]) * ranks[0]
-    print(f"{'ranks':>5} {'epoch s':>9} {'vs 1 rank':>10} {'speedup':>8} {'efficiency':>10} "
-          f"{'time in all-reduce':>19}")
-    for k in ranks:
-        t = statistics.median(results[k])
-        ar = statistics.median(allreduce[k])
-        print(f"{k:>5} {t:>9.3f} {t / base:>9.2f}x {base / t:>8.2f} {base / t / k:>10.2f} "
+    base = statistics.median(results[configs[0]]) * ranks[0]
+    print(f"{'ranks':>5} {'gradient sum':>13} {'epoch s':>9} {'vs 1 rank':>10} {'speedup':>8} "
+          f"{'efficiency':>10} {'time in it':>17}")
+    for k, path in configs:
+        t = statistics.median(results[k, path])
+        ar = statistics.median(allreduce[k, path])
+        how = "-" if k == 1 else path if path == "allreduce" else "auto"
+        print(f"{k:>5} {how:>13} {t:>9.3f} {t / base:>9.2f}x {base / t:>8.2f} {base / t / k:>10.2f} "
               f"{ar:>8.3f} s ({ar / t:4.0%})")
 
 

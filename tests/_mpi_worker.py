@@ -18,6 +18,10 @@ import fastnn
 from fastnn import nn, optim
 
 fastnn.set_num_threads(1)
+if "SHARED_MEMORY_RANKS" in os.environ:  # 0: the Allreduce path
+    from fastnn.distributed import GradientAverager
+
+    GradientAverager.shared_memory_ranks = int(os.environ["SHARED_MEMORY_RANKS"])
 
 
 def build(rank, mode):

@@ -35,12 +35,12 @@ def _env():
     return env
 
 
-def _run(ranks, mode, out, timeout=300):
+def _run(ranks, mode, out, timeout=300, **env):
     cmd = [sys.executable, WORKER, mode, str(out)]
     if ranks is not None:
         cmd = [_mpiexec(), "-n", str(ranks)] + cmd
     try:
-        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(cmd, env={**_env(), **env}, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s (a hang?):\n{exc.stdout}\n{exc.stderr}")
 
@@ -89,10 +89,12 @@ def test_describe_names_the_first_difference():
     assert "float64" in _first_difference(describe(d), describe(a))
 
 
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_ranks_match_one_process_and_each_other(ranks, no_comm, tmp_path):
-    """Dropout and BatchNorm included; 3 ranks get unequal shares of the batches."""
-    _ok(_run(ranks, "fit", tmp_path))  # the worker also saves on rank 0 and loads on every rank
+@pytest.mark.parametrize("ranks,path", [(2, "shared-memory"), (3, "shared-memory"), (2, "allreduce")])
+def test_ranks_match_one_process_and_each_other(ranks, path, no_comm, tmp_path):
+    """Dropout and BatchNorm included; 3 ranks get unequal shares of the
+    batches; both ways of summing the gradients."""
+    env = {"SHARED_MEMORY_RANKS": "0"} if path == "allreduce" else {}
+    _ok(_run(ranks, "fit", tmp_path, **env))  # the worker also saves on rank 0 and loads on every rank
     got = [_params(tmp_path / f"rank{r}.npz") for r in range(ranks)]
     for r in range(1, ranks):
         for k in got[0]:
