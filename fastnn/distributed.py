@@ -10,9 +10,10 @@ The result does not depend on the number of ranks, up to float summation
 order:
 
 * gradients: the loss is a mean over the local share, so rank r's gradient is
-  weighted by ``n_r / N`` and the weighted gradients are summed, in one
-  in-place ``Allreduce`` over a flat buffer that the parameters' ``.grad``
-  arrays are views of (no packing);
+  weighted by ``n_r / N`` and the weighted gradients are summed once per step
+  over a flat buffer that the parameters' ``.grad`` arrays are views of (no
+  packing): through a shared-memory window on one machine, an in-place
+  ``Allreduce`` across machines (:class:`GradientAverager`);
 * Dropout: the masks are drawn by global row (``Dropout.row_offset``);
 * BatchNorm: batch statistics over the global batch (:class:`SyncBatchNorm`,
   installed as ``BatchNorm.sync`` during ``fit``);
@@ -40,7 +41,7 @@ import numpy as np
 from . import nn
 
 __all__ = ["share", "check_same_model", "broadcast_state", "SyncBatchNorm", "GradientAverager",
-           "DataParallel", "RefusedError", "ModelMismatchError", "setup", "abort_on_error", "is_root", "barrier"]
+           "DataParallel", "sum_in_rank_order", "wait", "RefusedError", "ModelMismatchError", "setup", "abort_on_error", "is_root", "barrier"]
 
 
 def _mpi():
@@ -142,20 +143,20 @@ class SyncBatchNorm:
     """BatchNorm's training forward and backward over the global batch.
 
     Installed as ``bn.sync`` on each ``nn.BatchNorm`` by data-parallel
-    ``fit``. Forward: one ``Allreduce`` of the per-feature sums of ``x - c``
+    ``fit``. Forward: one all-reduce of the per-feature sums of ``x - c``
     and ``(x - c)^2`` (float64; ``c`` is the running mean, the same on every
     rank and near the batch mean, so the variance does not cancel) and of the
-    row count. Backward: one ``Allreduce`` of the per-feature sums of
+    row count. Backward: one all-reduce of the per-feature sums of
     ``dy`` and ``dy * xhat`` (each rank's weighted by its row count ``n_r``,
     since ``dy`` is the gradient of the mean loss over its ``n_r`` rows). The
     parameter gradients are left local; the gradient all-reduce sums them.
+    Both sums are :func:`sum_in_rank_order`: the same bits on every rank.
     """
 
     def __init__(self, comm):
         self.comm = comm
 
     def forward(self, bn, x):
-        MPI = _mpi()
         n, d = x.shape
         c = bn.running_mean.astype(np.float64)
         t = x - c  # float64
@@ -163,7 +164,7 @@ class SyncBatchNorm:
         np.sum(t, axis=0, out=buf[:d])
         np.einsum("ij,ij->j", t, t, out=buf[d:2 * d])
         buf[2 * d] = n
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        buf = sum_in_rank_order(self.comm, buf)
         total = int(round(buf[2 * d]))
         if total < 2:
             raise ValueError(f"batchnorm in training mode needs more than 1 sample per global batch, "
@@ -181,7 +182,6 @@ class SyncBatchNorm:
         return y, mean.astype(dt), rstd.astype(dt), total
 
     def backward(self, bn, dy, x, mean, rstd, total):
-        MPI = _mpi()
         n, d = x.shape
         if dy.shape != x.shape:
             raise ValueError(f"dout must have the shape of the forward's input {x.shape}, got {dy.shape}")
@@ -193,10 +193,22 @@ class SyncBatchNorm:
         bn.beta.grad[...] = buf[:d]
         bn.gamma.grad[...] = buf[d:]
         buf *= n
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        buf = sum_in_rank_order(self.comm, buf)
         buf /= total
         dx = (dy - (buf[:d] + xhat * buf[d:]) / n) * (rstd64 * bn.gamma.view(np.ndarray))
         return dx.astype(x.dtype, copy=False)
+
+
+def sum_in_rank_order(comm, buf: np.ndarray) -> np.ndarray:
+    """The sum over ranks of the float64 arrays ``buf``, added in rank order
+    on every rank, so that every rank gets the same bits (``Allreduce`` need
+    not); for small arrays (statistics, metrics). Waited for politely."""
+    everyone = np.empty((comm.Get_size(),) + buf.shape, buf.dtype)
+    wait(comm.Iallgather(buf, everyone))
+    total = everyone[0].copy()
+    for part in everyone[1:]:
+        total += part
+    return total
 
 
 class GradientAverager:
@@ -326,11 +338,8 @@ class DataParallel:
         self.averager.average(self.weight)
 
     def sum(self, *values) -> list:
-        """Sums over the ranks of float ``values`` (one Allreduce)."""
-        MPI = _mpi()
-        buf = np.array(values, dtype=np.float64)
-        self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        return buf.tolist()
+        """Sums over the ranks of float ``values``."""
+        return sum_in_rank_order(self.comm, np.array(values, dtype=np.float64)).tolist()
 
     def evaluate(self, evaluate, model, loss_fn, X, y, batch_size):
         """``evaluate`` over the whole of (X, y), each rank taking its share of
