@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -124,6 +125,8 @@ def main(argv=None):
     p.add_argument("--allreduce", action="store_true",
                    help="also time each rank count > 1 with the gradients summed by MPI Allreduce "
                         "instead of the shared-memory window")
+    p.add_argument("--mpiexec-args", default="",
+                   help="extra mpiexec arguments, e.g. '-f hosts' or '-bind-to core'")
     p.add_argument("--path", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -139,7 +142,8 @@ def main(argv=None):
     name, allreduce = None, {}
     for _ in range(args.repeats):
         for k, path in configs:
-            cmd = [mpiexec(), "-n", str(k), sys.executable, HERE, "--worker", "--path", path,
+            cmd = [mpiexec(), *shlex.split(args.mpiexec_args), "-n", str(k), sys.executable, HERE,
+                   "--worker", "--path", path,
                    "--threads", str(args.threads), "--batch-size", str(args.batch_size),
                    "--samples", str(args.samples), "--epochs", str(args.epochs)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
