@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import zipfile
 
@@ -148,9 +149,24 @@ def _atomic_savez(path, arrays: dict) -> None:
         os.close(dfd)
 
 
-def save(path, model, optimizer=None, **extra) -> None:
+def save(path, model, optimizer=None, *, comm=None, **extra) -> None:
     """Write ``model`` (and ``optimizer``, and ``extra`` values) to ``path``
-    as an ``.npz`` archive, atomically. The name is used as given."""
+    as an ``.npz`` archive, atomically. The name is used as given.
+    With ``comm`` (an mpi4py communicator, every rank calling ``save``), rank
+    0 writes and every rank returns once the file is complete."""
+    if comm is not None and comm.Get_size() > 1:
+        if comm.Get_rank() == 0:
+            try:
+                save(path, model, optimizer, **extra)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                sys.stderr.flush()
+                comm.Abort(1)  # the others would wait forever in the barrier
+                raise
+        comm.Barrier()
+        return
     _check_model(model)
     arrays = {"fastnn/format": np.array(FORMAT_VERSION, dtype=np.int64)}
     for name, a in model.state_dict().items():

@@ -473,15 +473,20 @@ def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
 # --------------------------------------------------------------------- dropout
 
 
-def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=None):
+def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=None, row_offset=0):
     """Inverted dropout: returns (y, mask). The mask (uint8, x's shape) depends
     only on (seed, step) and the element's index. In eval mode, or with
-    p == 0, y is x itself and mask is None."""
+    p == 0, y is x itself and mask is None. ``row_offset``: x holds rows
+    ``row_offset..`` of a larger batch, and gets those rows' masks."""
     p = V.real("p", p, lo=0, hi=1, hi_open=True)
     x = V.float_array("x", x)
     for name, v in (("seed", seed), ("step", step)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, (int, np.integer)):
+        raise TypeError(f"row_offset must be an int, got {type(row_offset).__name__}")
+    if row_offset < 0:
+        raise ValueError(f"row_offset must be non-negative, got {row_offset}")
     if _finite_maybe and _check_finite:
         _finite("dropout_forward", "received", x=x)
     if not training or p == 0.0:
@@ -489,7 +494,8 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
     y = _new(out, "out", x.shape, x.dtype)
     mask = _new(mask, "mask", x.shape, np.dtype(np.uint8))
     args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), np.uint64(seed), np.uint64(step),
-            K_drop.dropout_threshold(p), 1.0 / (1.0 - p))
+            K_drop.dropout_threshold(p), 1.0 / (1.0 - p),
+            int(row_offset) * (x.size // x.shape[0] if x.ndim and x.shape[0] else 1))
     if _numba(backend):
         K_drop.dropout_forward(*args, work=x.size)
     else:

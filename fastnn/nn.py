@@ -296,8 +296,12 @@ class Dropout(Module):
     The mask depends only on (seed, step, element index): ``seed`` defaults
     to a draw from fastnn's generator (``fastnn.manual_seed``), ``step``
     counts this module's training forwards. Same seed, same masks, on both
-    backends and for any thread count.
+    backends and for any thread count. ``row_offset``: the input's rows are
+    rows ``row_offset..`` of a larger batch, whose masks they get (set per
+    step by data-parallel ``fit``).
     """
+
+    row_offset = 0
 
     def __init__(self, p: float = 0.5, seed: int | None = None):
         self.p = V.real("p", p, lo=0, hi=1, hi_open=True)
@@ -337,7 +341,7 @@ class Dropout(Module):
         if training and self.p > 0:
             self.step += 1
         y, self.mask = F.dropout(x, self.p, seed=self.seed, step=self.step,
-                                 training=training, backend=self._backend)
+                                 training=training, backend=self._backend, row_offset=self.row_offset)
         return y
 
     def backward(self, dout):
@@ -354,7 +358,13 @@ class BatchNorm(Module):
     ``running = (1 - momentum) * running + momentum * batch`` (the seed's
     rule; PyTorch stores the unbiased variance instead). Eval: the running
     statistics. A training batch needs at least 2 samples.
+
+    ``sync``: None, or an object whose ``forward(bn, x)`` and ``backward(bn,
+    dout, x, mean, rstd, total)`` replace the training forward and backward
+    (``fastnn.distributed.SyncBatchNorm``: statistics over all processes).
     """
+
+    sync = None
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float32):
         self.dim = V.positive_int("dim", dim)
@@ -386,6 +396,10 @@ class BatchNorm(Module):
         if x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (N, {self.dim}) for {self!r}, got {x.shape}")
         training = self._is_training(training)
+        if training and self.sync is not None:
+            y, mean, rstd, total = self.sync.forward(self, x)
+            self._cache = (x, mean, rstd, total)
+            return y
         y, mean, rstd = F.batchnorm(
             x, _plain(self.gamma), _plain(self.beta), eps=self.eps, training=training,
             running_mean=self.running_mean, running_var=self.running_var,
@@ -395,7 +409,10 @@ class BatchNorm(Module):
         return y
 
     def backward(self, dout):
-        x, mean, rstd = self._need(self._cache, "a training-mode forward")
+        x, mean, rstd, *total = self._need(self._cache, "a training-mode forward")
+        if total:
+            return self.sync.backward(self, V.float_array("dout", dout, ndim=2, dtype=x.dtype), x, mean, rstd,
+                                      total[0])
         dx, _, _ = F.batchnorm_backward(dout, x, mean, rstd, _plain(self.gamma),
                                         dgamma=self.gamma.grad, dbeta=self.beta.grad,
                                         backend=self._backend)
@@ -522,10 +539,11 @@ class _LinearActBlock:
             drop.step += 1
             p = drop.p
             scale, threshold = 1.0 / (1.0 - p), _K_drop.dropout_threshold(p)
-            seed, step = np.uint64(drop.seed), np.uint64(drop.step)
+            seed, step, row0 = np.uint64(drop.seed), np.uint64(drop.step), int(drop.row_offset)
         else:
-            scale, threshold, seed, step, mask = 1.0, 0, _ZERO_U64, _ZERO_U64, _EMPTY2_U8
-        args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, seed, step, threshold, scale)
+            scale, threshold, seed, step, mask, row0 = 1.0, 0, _ZERO_U64, _ZERO_U64, _EMPTY2_U8, 0
+        args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, seed, step, threshold, scale,
+                row0)
         if F._finite_maybe and F._check_finite:  # dropout would hide a NaN in W from the output check
             F._finite("linear_act_forward", "received", x=x, W=W, b=lin.b)
         (_K_la if F._numba(backend) else _R_la).linear_act_forward(*args)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _validate as V
+from . import distributed as _distributed
 from . import init as _init
 from . import nn
 from .regularization import clip_grad_norm as _clip_grad_norm
@@ -264,9 +265,10 @@ def _progress_bar(progress):
     return tqdm
 
 
+@_distributed.abort_on_error
 def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_data=None,
         early_stopping=None, seed=None, progress=True, *, initial_epoch=0, shuffle=True,
-        clip_grad_norm=None, eval_batch_size=1024):
+        clip_grad_norm=None, eval_batch_size=1024, comm=None):
     """Train ``model`` with ``optimizer`` on ``loss_fn(model(X), y)``; return a :class:`History`.
 
     X: (N, D) float array of the model's dtype; y: class indices (N,) or
@@ -287,6 +289,11 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
 
     A NaN/Inf training loss raises :class:`NonFiniteLossError` naming the
     epoch and step. The model is left in training mode.
+
+    comm: an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) for data-parallel
+    training: every rank passes the same arguments, ``batch_size`` is the
+    global batch, and the result does not depend on the number of ranks
+    (see ``fastnn.distributed``). A rank that raises aborts the job.
     """
     _check_model(model)
     for attr in ("forward", "backward"):
@@ -325,8 +332,12 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
             raise ValueError(f"early stopping on {monitor!r} needs validation_data")
     maximize = monitor == "val_accuracy"
 
-    bar_cls = _progress_bar(progress)
     params = model.parameters()
+    dp, seed = _distributed.setup(comm, model, optimizer, params, seed, n=len(X), batch_size=batch_size,
+                                  epochs=epochs, initial_epoch=initial_epoch, shuffle=shuffle,
+                                  validation=None if validation_data is None else len(Xv))
+    progress = progress and _distributed.is_root(comm)
+    bar_cls = _progress_bar(progress)
     back_kw = _backward_kwargs(model)
     n = len(X)
     n_batches = -(-n // batch_size)
@@ -346,6 +357,8 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
             for step in range(n_batches):
                 s = step * batch_size
                 e = min(s + batch_size, n)
+                if dp is not None:  # this rank's rows of the global batch
+                    s, e = dp.share(s, e)
                 if order is None:
                     xb, yb = X[s:e], y[s:e]
                 else:
@@ -358,6 +371,8 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(loss, epoch + 1, step + 1)
                 model.backward(loss_fn.backward(), **back_kw)
+                if dp is not None:
+                    dp.average_gradients()
                 if clip_grad_norm is not None:
                     _clip_grad_norm(params, clip_grad_norm)
                 optimizer.step()
@@ -366,12 +381,13 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
                     bar.update(1)
                     if step % 50 == 0:
                         bar.set_postfix(loss=f"{total / e:.4f}", refresh=False)
-            epoch_loss = total / n
+            epoch_loss = (total if dp is None else dp.sum(total)[0]) / n
             history.epoch.append(epoch + 1)
             history.loss.append(epoch_loss)
             summary = f"loss = {epoch_loss:.4f}"
             if validation_data is not None:
-                vl, va = evaluate(model, loss_fn, Xv, yv, eval_batch_size)
+                vl, va = (evaluate(model, loss_fn, Xv, yv, eval_batch_size) if dp is None
+                          else dp.evaluate(evaluate, model, loss_fn, Xv, yv, eval_batch_size))
                 history.val_loss.append(vl)
                 history.val_accuracy.append(va)
                 summary += f", val_loss = {vl:.4f}, val_accuracy = {va:.4f}"

@@ -161,3 +161,47 @@ def test_reference_backward_matches_finite_differences():
     dx = np.empty_like(x)
     R.dropout_backward(dx, dy, mask, scale)
     assert_grad_close(dx, numeric_grad(loss, x), "dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_offset_kernel_matches_reference(dtype):
+    """With an index offset (also one past 2**32), kernel and reference agree."""
+    rng = rng_for("drop-offset", np.dtype(dtype).name)
+    x = randn(rng, 5000, dtype)
+    thr = K.dropout_threshold(0.4)
+    for offset in (0, 37, 2**32 - 100):
+        run_both(K.dropout_forward, R.dropout_forward,
+                 lambda: (np.empty_like(x), np.empty(x.size, np.uint8), x, np.uint64(8), np.uint64(2),
+                          thr, 5 / 3, offset),
+                 names=["y", "mask"], n_out=2)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_row_offset_gives_the_masks_of_those_rows_in_the_whole_batch(backend):
+    x = np.ones((30, 4, 3), np.float32)
+    _, whole = F.dropout(x, 0.5, seed=4, step=2, backend=backend)
+    for r0 in (0, 1, 17):
+        _, part = F.dropout(x[r0:], 0.5, seed=4, step=2, row_offset=r0, backend=backend)
+        np.testing.assert_array_equal(part, whole[r0:])
+    with pytest.raises(ValueError, match="row_offset"):
+        F.dropout(x, 0.5, seed=4, step=2, row_offset=-1)
+    with pytest.raises(TypeError, match="row_offset"):
+        F.dropout(x, 0.5, seed=4, step=2, row_offset=1.5)
+
+
+def test_module_row_offset_matches_the_fused_path():
+    """Dropout.row_offset moves the masks of the layer-by-layer and fused paths alike."""
+    x = np.random.default_rng(0).standard_normal((10, 6)).astype(np.float32)
+    outs = []
+    for fuse in (False, True):
+        model = nn.Sequential([nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.5, seed=7)], fuse=fuse)
+        model[0].W[...] = np.linspace(-1, 1, 48, dtype=np.float32).reshape(6, 8)
+        whole = model.forward(x, training=True)
+        whole_mask = model[2].mask.copy()
+        model[2].step = 0
+        model[2].row_offset = 4
+        part = model.forward(x[4:], training=True)
+        np.testing.assert_allclose(part, whole[4:], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(model[2].mask, whole_mask[4:])
+        outs.append(whole)
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)

@@ -132,3 +132,22 @@ def test_eval_mode_skips_dropout_in_fused_block():
     b = model.forward(x)
     np.testing.assert_array_equal(a, b)
     assert [d.step for d in model if isinstance(d, nn.Dropout)] == [0, 0]
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+def test_row_offset_gives_the_rows_of_the_whole_batch(act):
+    """Rows r0.. of a batch, given row0=r0, get the outputs and masks of those
+    rows in the whole batch (data-parallel training splits batches so)."""
+    shape = (13, 9, 7)
+    x, W, b, dy, code, z, mask, hyper = _inputs(shape, np.float32, act, 0.4, "row0")
+    n, d, h = shape
+    whole = np.empty((n, h), np.float32)
+    R.linear_act_forward(whole, z.copy(), mask, x, W, b, code, 0.01, *hyper)
+    r0 = 5
+    for impl in (K, R):
+        y_part = np.empty((n - r0, h), np.float32)
+        m_part = np.empty((n - r0, h), np.uint8)
+        z_part = z[r0:].copy() if z.size else z
+        impl.linear_act_forward(y_part, z_part, m_part, x[r0:], W, b, code, 0.01, *hyper, r0)
+        np.testing.assert_array_equal(m_part, mask[r0:])
+        assert_close(y_part, whole[r0:], "y")

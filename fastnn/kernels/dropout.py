@@ -11,7 +11,10 @@ ran 10x slower). XOR-ing ``key_hi`` after the hash keeps two steps' masks
 from being index permutations of one another. Same (seed, step), same mask,
 for any thread count, in numba and NumPy alike (numba's own RNG is per
 thread under ``parallel=True``).
-Kept elements are scaled by ``scale = 1 / (1 - p)``.
+Kept elements are scaled by ``scale = 1 / (1 - p)``. ``offset`` is the
+flat index of ``x[0]`` in a larger array whose masks are wanted: a process
+holding rows r0.. of a batch passes ``r0 * row_size`` and draws those rows'
+masks of the whole batch (data-parallel training, ``fastnn.distributed``).
 """
 
 import numpy as np
@@ -65,7 +68,7 @@ def dropout_row(y, mask, x, base, key_lo, key_hi, threshold, scale):
     t = np.uint32(threshold)
     s = typed(x, scale)
     zero = typed(x, 0.0)
-    b = np.uint32(base)
+    b = np.uint32(base & 0xFFFFFFFF)
     for j in range(x.shape[0]):
         keep = kept(np.uint32(b + np.uint32(j)), key_lo, key_hi, t)
         mask[j] = keep
@@ -73,14 +76,14 @@ def dropout_row(y, mask, x, base, key_lo, key_hi, threshold, scale):
 
 
 @kernel
-def dropout_forward(y, mask, x, seed, step, threshold, scale):
-    """mask[i] = top24(hash(i, key(seed, step))) >= threshold; y = x * mask * scale."""
+def dropout_forward(y, mask, x, seed, step, threshold, scale, offset=0):
+    """mask[i] = top24(hash(offset + i, key(seed, step))) >= threshold; y = x * mask * scale."""
     n = x.shape[0]
     key_lo, key_hi = dropout_key(seed, step)
     for c in prange((n + CHUNK - 1) // CHUNK):
         i0 = c * CHUNK
         i1 = min(i0 + CHUNK, n)
-        dropout_row(y[i0:i1], mask[i0:i1], x[i0:i1], i0, key_lo, key_hi, threshold, scale)
+        dropout_row(y[i0:i1], mask[i0:i1], x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
 
 
 @kernel

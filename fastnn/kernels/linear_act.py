@@ -11,7 +11,8 @@ Saved for the backward: ``z: (N, H)``, the pre-activation x @ W + b
 (not needed for ReLU: pass an empty array, the output carries its sign),
 and ``mask: (N, H) uint8`` (1 = kept; empty when there is no dropout).
 ``act`` is a code from ``kernels.activations.CODES``; dropout draws the
-same mask as ``kernels.dropout`` for the same (seed, step) (flat index i * H + j).
+same mask as ``kernels.dropout`` for the same (seed, step) (flat index i * H + j;
+``(row0 + i) * H + j`` when the rows are rows row0.. of a larger batch).
 Gradients are overwritten.
 """
 
@@ -71,7 +72,7 @@ _BWD_IDENTITY = specialise(_backward_row, act_grad=identity_grad)
 
 
 @kernel
-def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale):
+def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale, row0=0):
     """In place on y (holding x @ W): z = y + b; y = act(z), then dropout
     with the mask of (seed, step)."""
     n, h = y.shape
@@ -86,7 +87,7 @@ def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, s
         row = y[i]
         zrow = z[i] if save_z else row  # not written unless save_z
         mrow = mask[i] if drop else no_mask
-        base = np.uint32(i * h)
+        base = np.uint32(((row0 + i) * h) & 0xFFFFFFFF)
         if act == RELU:
             _FWD_RELU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
         elif act == LEAKY_RELU:
@@ -134,10 +135,10 @@ def bias_act_dropout_backward(dz, db, dy, y, z, mask, act, alpha, scale):
     column_sums(db, dz)
 
 
-def linear_act_forward(y, z, mask, x, W, b, act, alpha, seed, step, threshold, scale):
+def linear_act_forward(y, z, mask, x, W, b, act, alpha, seed, step, threshold, scale, row0=0):
     """y = dropout(act(x @ W + b)); saves z (unless ReLU) and mask (if dropout)."""
     np.matmul(x, W, out=y)
-    bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale, work=y.size)
+    bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale, row0, work=y.size)
 
 
 def linear_act_backward(dx, dW, db, dz, dy, x, W, y, z, mask, act, alpha, scale):

@@ -25,9 +25,10 @@ def _hash32(x):
     return x ^ (x >> np.uint32(16))
 
 
-def dropout_forward(y, mask, x, seed, step, threshold, scale):
+def dropout_forward(y, mask, x, seed, step, threshold, scale, offset=0):
     key_lo, key_hi = dropout_key(int(seed), int(step))
-    idx = np.arange(x.shape[0], dtype=np.uint32)
+    # flat indices modulo 2**32, as the kernel's uint32 arithmetic
+    idx = ((np.arange(x.shape[0], dtype=np.uint64) + np.uint64(offset)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     h = _hash32(idx ^ np.uint32(key_lo)) ^ np.uint32(key_hi)
     mask[...] = (h >> np.uint32(8)) >= np.uint32(threshold)
     y[...] = x * mask * x.dtype.type(scale)

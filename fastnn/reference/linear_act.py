@@ -31,13 +31,14 @@ def _act_grad(v, act, alpha):
     return out
 
 
-def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale):
+def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale, row0=0):
     pre = y + b
     if z.size:
         z[...] = pre
     out = _act(pre, act, alpha)
     if mask.size:
-        _dropout.dropout_forward(out.reshape(-1), mask.reshape(-1), out.reshape(-1), seed, step, threshold, scale)
+        _dropout.dropout_forward(out.reshape(-1), mask.reshape(-1), out.reshape(-1), seed, step, threshold, scale,
+                                  row0 * y.shape[1])
     y[...] = out
 
 
@@ -51,9 +52,9 @@ def bias_act_dropout_backward(dz, db, dy, y, z, mask, act, alpha, scale):
     db[...] = dz.sum(axis=0)
 
 
-def linear_act_forward(y, z, mask, x, W, b, act, alpha, seed, step, threshold, scale):
+def linear_act_forward(y, z, mask, x, W, b, act, alpha, seed, step, threshold, scale, row0=0):
     y[...] = x @ W
-    bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale)
+    bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, scale, row0)
 
 
 def linear_act_backward(dx, dW, db, dz, dy, x, W, y, z, mask, act, alpha, scale):
