@@ -18,6 +18,9 @@ before calling ``backward``.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import numpy as np
 
 from . import _validate as V
@@ -61,27 +64,119 @@ class Parameter(np.ndarray):
         return "Parameter(" + repr(np.asarray(self))[6:]
 
 
+def _module_list(value: list) -> bool:
+    """An empty list (it may be filled with modules later) or a list of modules."""
+    return not value or isinstance(value[0], Module)
+
+
 def _plain(a: np.ndarray) -> np.ndarray:
     return a.view(np.ndarray) if type(a) is not np.ndarray else a
 
 
+def _takes_training(forward) -> bool:
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "training" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _with_training(forward):
+    """``forward(x)`` made callable as ``forward(x, training=...)``: a given
+    mode other than the module's own is set for the call (``train``)."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, training=None, **kwargs):
+        if training is None or bool(training) == self.training:
+            return forward(self, *args, **kwargs)
+        prev = self.training
+        self.train(training)
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            self.train(prev)
+
+    return wrapper
+
+
 class Module:
-    """Base class: parameters, train/eval, state_dict, backend."""
+    """Base class: parameters, train/eval, state_dict, backend.
+
+    As in PyTorch, assigning a ``Parameter``, a ``Module`` or a list of
+    modules to an attribute registers it (``_parameters``, ``_modules``), so
+    that ``parameters()``, ``state_dict()``, ``train()``/``eval()`` and
+    ``backend`` reach it; ``register_buffer(name, array)`` adds saved
+    non-trainable state. A list of modules (also one assigned empty and
+    filled later) names its members ``name.0``, ``name.1``, ...
+    A subclass's ``forward`` may leave out the ``training`` argument.
+    """
 
     training = True
     _backend = None
 
-    # -- what a subclass declares
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fwd = cls.__dict__.get("forward")
+        if fwd is not None and not _takes_training(fwd):
+            cls.forward = _with_training(fwd)
+
+    def __setattr__(self, name, value):
+        d = self.__dict__
+        if isinstance(value, Parameter):
+            d.setdefault("_parameters", {})[name] = value
+            d.get("_modules", {}).pop(name, None)
+        elif isinstance(value, Module) or type(value) is list and _module_list(value):
+            d.setdefault("_modules", {})[name] = value
+            d.get("_parameters", {}).pop(name, None)
+        else:
+            params, mods, bufs = d.get("_parameters"), d.get("_modules"), d.get("_buffers")
+            if params and name in params:
+                if value is not None:
+                    raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} of "
+                                    f"{type(self).__name__}: wrap it in nn.Parameter (or assign None)")
+                params[name] = None
+            elif mods and name in mods:
+                if value is not None:
+                    raise TypeError(f"cannot assign {type(value).__name__} to submodule {name!r} of "
+                                    f"{type(self).__name__}: expected a Module, a list of modules or None")
+                mods[name] = None
+            elif bufs and name in bufs:
+                bufs[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for reg in ("_parameters", "_modules", "_buffers"):
+            self.__dict__.get(reg, {}).pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, array) -> None:
+        """Non-trainable state saved in ``state_dict`` (e.g. running statistics)."""
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"buffer {name!r} must be a numpy array, got {type(array).__name__}")
+        self.__dict__.setdefault("_buffers", {})[name] = array
+        object.__setattr__(self, name, array)
+
+    # -- what a subclass may override (the built-in modules do)
     def _named_params(self):
         """(name, Parameter) pairs owned directly by this module."""
-        return []
+        return [(k, p) for k, p in self.__dict__.get("_parameters", {}).items() if p is not None]
 
     def _named_buffers(self):
         """(name, ndarray) non-trainable state saved in state_dict."""
-        return []
+        return [(k, b) for k, b in self.__dict__.get("_buffers", {}).items() if b is not None]
 
     def _children(self):
-        return []
+        out = []
+        for name, m in self.__dict__.get("_modules", {}).items():
+            if isinstance(m, Module):
+                out.append((name, m))
+            elif m is not None and any(isinstance(c, Module) for c in m):
+                for i, child in enumerate(m):
+                    if not isinstance(child, Module):
+                        raise TypeError(f"{type(self).__name__}.{name}[{i}] must be a fastnn Module "
+                                        f"like the rest of that list, got {type(child).__name__}")
+                    out.append((f"{name}.{i}", child))
+        return out
 
     # -- the PyTorch-shaped API
     def __call__(self, *args, **kwargs):
@@ -165,6 +260,15 @@ class Module:
             raise ValueError("state does not match the model: " + "; ".join(problems))
         for name, dst in targets.items():
             dst[...] = state[name]
+
+    def __repr__(self):
+        lines = [f"  ({name}): Parameter{tuple(p.shape)} {p.dtype}" for name, p in self._named_params()]
+        for name, child in self._children():
+            inner = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {inner}")
+        if not lines:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
     def _is_training(self, training) -> bool:
         return self.training if training is None else bool(training)
@@ -355,6 +459,8 @@ class BatchNorm(Module):
     statistics. A training batch needs at least 2 samples.
     """
 
+    min_train_batch = 2  # fit drops a smaller last batch
+
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float32):
         self.dim = V.positive_int("dim", dim)
         self.eps = V.real("eps", eps, lo=0, lo_open=True)
@@ -456,6 +562,9 @@ class SoftmaxCrossEntropy(Module):
     indices (N,) or one-hot/soft targets (N, C). ``backward()`` returns
     dlogits = (softmax(logits) - onehot(y)) / N.
     """
+
+    classification = True  # fit tracks accuracy by default
+    target_kind = "labels"  # fit checks every label against the output width up front
 
     def __init__(self):
         self.probs = None
