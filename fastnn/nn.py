@@ -806,3 +806,90 @@ class Sequential(Module):
 _EMPTY2 = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
 _EMPTY2_U8 = np.empty((0, 0), np.uint8)
 _ZERO_U64 = np.uint64(0)
+
+
+# ---------------------------------------------------------------- other losses
+
+
+class _PointwiseLoss(Module):
+    """``forward(pred, y)`` returns the loss as a float (``reduction``:
+    ``"mean"`` over all elements or ``"sum"``); ``backward()`` returns
+    d(loss)/d(pred), of pred's shape. Targets have the predictions' shape."""
+
+    kind = ""
+    classification = False
+    target_kind = "values"
+
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self.delta, self.pos_weight = 1.0, None
+        self._cache = None
+
+    def forward(self, pred, y, training=None):
+        loss, p2, t2, delta, pw = F.pointwise_loss(self.kind, pred, y, reduction=self.reduction,
+                                                   delta=self.delta, pos_weight=self.pos_weight,
+                                                   backend=self._backend)
+        # Own copy of the targets: a caller may refill its batch buffer before backward.
+        self._cache = (np.shape(pred), p2, t2.copy() if t2.base is y or t2 is y else t2, delta, pw)
+        return loss
+
+    def backward(self, dout=None):
+        shape, p2, t2, delta, pw = self._need(self._cache)
+        scale = 1.0 / p2.size if self.reduction == "mean" else 1.0
+        if dout is not None:
+            scale *= V.real("dout", dout)
+        d = F._pointwise_backward(self.kind, p2, t2, delta, pw, scale, np.empty_like(p2), self._backend)
+        return d.reshape(shape)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+
+class MSELoss(_PointwiseLoss):
+    """Mean squared error ``(pred - y)^2``."""
+    kind = "mse"
+
+
+class L1Loss(_PointwiseLoss):
+    """Mean absolute error ``|pred - y|`` (gradient sign(pred - y), 0 at 0)."""
+    kind = "l1"
+
+
+class HuberLoss(_PointwiseLoss):
+    """``0.5 d^2`` where ``|d| <= delta``, else ``delta (|d| - 0.5 delta)``, d = pred - y."""
+    kind = "huber"
+
+    def __init__(self, delta: float = 1.0, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.delta = V.real("delta", delta, lo=0, lo_open=True)
+
+    def __repr__(self):
+        return f"HuberLoss(delta={self.delta}, reduction={self.reduction!r})"
+
+
+class BCEWithLogitsLoss(_PointwiseLoss):
+    """Binary cross-entropy of ``sigmoid(logits)``, computed from the logits
+    (stable): one output per label, targets in [0, 1] of the logits' shape
+    (binary: ``(N, 1)``; multi-label: ``(N, C)``). ``pos_weight: (C,)``
+    weighs the positive term of each column, as in PyTorch. Accuracy is
+    ``logit > 0`` against ``y >= 0.5``; probabilities:
+    ``fastnn.train.predict_proba(model, X, kind="sigmoid")``."""
+    kind = "bce_logits"
+    classification = True
+    binary = True  # the "accuracy" metric thresholds each output
+    target_kind = "binary"
+
+    def __init__(self, pos_weight=None, reduction: str = "mean"):
+        super().__init__(reduction)
+        if pos_weight is not None:
+            pw = np.array(pos_weight, dtype=np.float64, ndmin=1)
+            if pw.ndim != 1 or not np.isfinite(pw).all() or (pw < 0).any():
+                raise ValueError(f"pos_weight must be a 1-D array of finite non-negative weights, got {pos_weight!r}")
+            pos_weight = pw
+        self.pos_weight = pos_weight
+
+    def __repr__(self):
+        pw = "" if self.pos_weight is None else f"pos_weight={self.pos_weight.tolist()}, "
+        return f"BCEWithLogitsLoss({pw}reduction={self.reduction!r})"
