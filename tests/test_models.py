@@ -228,3 +228,115 @@ def test_one_sample_last_batch_with_batchnorm_is_dropped_with_a_warning():
         warnings.simplefilter("error")
         fit(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), X, y,
             epochs=1, batch_size=32, drop_last=True, progress=False)
+
+
+# ------------------------------------------------------------ metrics and history
+
+
+def regression_data(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 5)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.3).astype(np.float32)
+    return X, y
+
+
+@pytest.mark.parametrize("loss", [nn.MSELoss(), nn.L1Loss(), nn.HuberLoss(1.0)], ids=repr)
+def test_regression_fit_with_metrics(loss):
+    X, y = regression_data()
+    fastnn.manual_seed(0)
+    model = nn.Sequential([nn.Linear(5, 1)])
+    hist = fit(model, loss, optim.Adam(model.parameters(), lr=0.05), X, y, epochs=30, batch_size=32,
+               metrics=["mae", "mse"], validation_split=0.25, progress=False)
+    assert set(hist.keys()) == {"loss", "val_loss", "mae", "mse", "val_mae", "val_mse", "lr"}
+    assert hist["val_mae"][-1] < 0.1 * hist["val_mae"][0] and hist["mae"][-1] < 0.2
+    assert hist.val_accuracy == []
+    assert hist["lr"] == [0.05] * 30
+    # the validation values are those of evaluate on the held-out last quarter
+    logs = fastnn.evaluate(model, loss, X[150:], y[150:].reshape(-1, 1), metrics=["mae"])
+    assert logs["mae"] == pytest.approx(hist["val_mae"][-1], rel=1e-5)
+    assert logs["loss"] == pytest.approx(hist["val_loss"][-1], rel=1e-5)
+
+
+def test_classification_history_has_train_and_validation_accuracy():
+    X, y = toy(300)
+    fastnn.manual_seed(4)
+    model = nn.Sequential([nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)])
+    hist = fit(model, nn.SoftmaxCrossEntropy(), optim.Adam(model.parameters(), lr=1e-2), X, y,
+               epochs=20, validation_data=(X[:100], y[:100]), progress=False,
+               early_stopping=EarlyStopping(monitor="accuracy", patience=50))
+    assert len(hist["accuracy"]) == len(hist.val_accuracy) == 20
+    assert hist["accuracy"][-1] > 0.8 and hist.val_accuracy[-1] > 0.8
+    assert hist.best_epoch == 1 + int(np.argmax(hist["accuracy"]))
+    p = fastnn.predict_proba(model, X[:10])
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(p.argmax(axis=1), predict(model, X[:10]).argmax(axis=1))
+
+
+def test_multilabel_bce_with_pos_weight_and_binary_accuracy():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((400, 4)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] + X[:, 2] > 0.5], axis=1).astype(np.float32)
+    fastnn.manual_seed(5)
+    model = nn.Sequential([nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)])
+    loss = nn.BCEWithLogitsLoss(pos_weight=[1.0, 2.0])
+    hist = fit(model, loss, optim.Adam(model.parameters(), lr=1e-2), X, Y, epochs=15,
+               validation_split=0.2, progress=False)
+    assert set(hist.keys()) == {"loss", "val_loss", "accuracy", "val_accuracy", "lr"}
+    assert hist.val_accuracy[-1] > 0.9
+    proba = fastnn.predict_proba(model, X[320:], kind="sigmoid")
+    acc = np.mean((proba > 0.5) == (Y[320:] > 0.5))
+    assert acc == pytest.approx(hist.val_accuracy[-1], abs=1e-6)
+    with pytest.raises(ValueError, match=r"targets in \[0, 1\].*dataset row 7"):
+        Y2 = Y.copy()
+        Y2[7, 1] = 2
+        fit(model, loss, optim.Adam(model.parameters()), X, Y2, epochs=1, progress=False)
+
+
+def test_binary_bce_accepts_one_dimensional_targets():
+    X, y = toy(200)
+    yb = (y > 0).astype(np.int64)
+    model = nn.Sequential([nn.Linear(6, 1)])
+    hist = fit(model, nn.BCEWithLogitsLoss(), optim.Adam(model.parameters(), lr=0.05), X, yb,
+               epochs=5, progress=False)
+    assert hist["accuracy"][-1] > 0.7
+
+
+def test_custom_metric_and_validation_arguments():
+    X, y = toy()
+    model = nn.Sequential([nn.Linear(6, 3)])
+
+    def top2(out, yb):
+        return float(np.mean((np.argsort(out, axis=1)[:, -2:] == yb[:, None]).any(axis=1)))
+
+    hist = fit(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), X, y,
+               epochs=2, metrics=["accuracy", top2], progress=False)
+    assert len(hist["top2"]) == 2 and all(a <= b for a, b in zip(hist["accuracy"], hist["top2"]))
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="unknown metric 'f1'"):
+        fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, metrics=["f1"], progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, validation_split=0.2,
+            validation_data=(X, y), progress=False)
+    with pytest.raises(ValueError, match="validation_split"):
+        fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, validation_split=1.5, progress=False)
+    with pytest.raises(ValueError, match=r"shape \(N, 1\)"):
+        one = nn.Sequential([nn.Linear(6, 1)])
+        fit(one, nn.MSELoss(), optim.SGD(one.parameters(), lr=0.1), X, np.zeros((len(X), 2), np.float32),
+            progress=False)
+
+
+def test_drop_last_counts_steps():
+    X, y = toy(70)
+    model = nn.Sequential([nn.Linear(6, 3)])
+
+    class Count(fastnn.callbacks.Callback):
+        n = 0
+
+        def on_batch_end(self, batch, logs=None):
+            self.n += 1
+
+    for drop_last, steps in ((False, 3), (True, 2)):
+        c = Count()
+        fit(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=1,
+            batch_size=32, drop_last=drop_last, callbacks=[c], progress=False)
+        assert c.n == steps
