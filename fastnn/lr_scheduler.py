@@ -109,13 +109,14 @@ class CosineAnnealingLR(LRScheduler):
     w), then the cosine runs over the remaining ``T_max - w`` epochs.
     """
 
-    def __init__(self, optimizer, T_max, eta_min=0.0, warmup_epochs=0, warmup_start_factor=0.0):
+    def __init__(self, optimizer, T_max, eta_min=0.0, warmup_epochs=0, warmup_start_factor=0.1):
         self.T_max = _number("T_max", T_max, lo=1, integer=True)
         self.eta_min = _number("eta_min", eta_min, lo=0)
         self.warmup_epochs = _number("warmup_epochs", warmup_epochs, lo=0, integer=True)
         if self.warmup_epochs >= self.T_max:
             raise ValueError(f"warmup_epochs ({warmup_epochs}) must be less than T_max ({T_max})")
-        self.warmup_start_factor = _number("warmup_start_factor", warmup_start_factor, lo=0, hi=1)
+        self.warmup_start_factor = _number("warmup_start_factor", warmup_start_factor, lo=0, lo_open=True,
+                                           hi=1)
         super().__init__(optimizer)
         if self.warmup_epochs:
             self._set(self.lr_at(0))
