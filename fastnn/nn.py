@@ -270,6 +270,48 @@ class Module:
             return f"{type(self).__name__}()"
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
+    def summary(self, input_dim: int | None = None) -> str:
+        """A table of the modules (dotted names), their own parameter counts
+        and, given ``input_dim`` for a ``Sequential``, each layer's output
+        width (one zero row in eval mode); totals at the end."""
+        rows = [("name", "module", "output", "params")]
+        widths = {}
+        if input_dim is not None and isinstance(self, Sequential):
+            x = np.zeros((1, V.positive_int("input_dim", input_dim)), self._dtype() or np.float32)
+            prev = self.training
+            self.train(False)
+            try:
+                for i, layer in enumerate(self.layers):
+                    x = layer.forward(x, training=False)
+                    widths[str(i)] = f"(N, {x.shape[1]})" if x.ndim == 2 else str(x.shape)
+            finally:
+                self.train(prev)
+
+        def walk(mod, prefix):
+            for name, child in mod._children():
+                full = f"{prefix}{name}"
+                own = sum(p.size for _, p in child._named_params())
+                text = repr(child)
+                label = type(child).__name__ if child._children() or "\n" in text else text
+                rows.append((full, label, widths.get(full, ""), f"{own:,}" if own else "0"))
+                walk(child, full + ".")
+
+        own = sum(p.size for _, p in self._named_params())
+        if own:
+            rows.append(("(own)", ", ".join(n for n, _ in self._named_params()), "", f"{own:,}"))
+        walk(self, "")
+        total = sum(p.size for p in self.parameters())
+        cols = [max(len(r[k]) for r in rows) for k in range(4)]
+        lines = ["  ".join(r[k].ljust(cols[k]) if k < 3 else r[k].rjust(cols[k]) for k in range(4)).rstrip()
+                 for r in rows]
+        rule = "-" * len(lines[0])
+        return "\n".join([f"{type(self).__name__}", rule, lines[0], rule] + lines[1:]
+                         + [rule, f"trainable parameters: {total:,}"])
+
+    def _dtype(self):
+        params = self.parameters()
+        return params[0].dtype if params else None
+
     def _is_training(self, training) -> bool:
         return self.training if training is None else bool(training)
 

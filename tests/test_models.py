@@ -340,3 +340,13 @@ def test_drop_last_counts_steps():
         fit(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), X, y, epochs=1,
             batch_size=32, drop_last=drop_last, callbacks=[c], progress=False)
         assert c.n == steps
+
+
+def test_summary_lists_modules_widths_and_totals():
+    m = nn.Sequential([nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 10)])
+    text = m.summary(784)
+    assert "Linear(784, 256)  (N, 256)  200,960" in text and "(N, 10)" in text
+    assert text.endswith("trainable parameters: 203,530")
+    assert m.training  # the probe ran in eval mode and restored the mode
+    text = Net().summary()
+    assert "(own)" in text and "scales.0  Scale" in text and text.endswith("parameters: 110")
