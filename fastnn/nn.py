@@ -64,6 +64,9 @@ class Parameter(np.ndarray):
         return "Parameter(" + repr(np.asarray(self))[6:]
 
 
+_PLAIN_TYPES = frozenset({np.ndarray, type(None), tuple, int, float, bool, str, dict})
+
+
 def _module_list(value: list) -> bool:
     """An empty list (it may be filled with modules later) or a list of modules."""
     return not value or isinstance(value[0], Module)
@@ -120,8 +123,13 @@ class Module:
         if fwd is not None and not _takes_training(fwd):
             cls.forward = _with_training(fwd)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name, value, _plain=_PLAIN_TYPES, _set=object.__setattr__):
+        # The training step sets caches (arrays, tuples, None, counters): two lookups for those.
+        if type(value) in _plain and name not in self.__dict__.get("_registered", ()):
+            _set(self, name, value)
+            return
         d = self.__dict__
+        d.setdefault("_registered", set()).add(name)
         if isinstance(value, Parameter):
             d.setdefault("_parameters", {})[name] = value
             d.get("_modules", {}).pop(name, None)
@@ -147,6 +155,7 @@ class Module:
     def __delattr__(self, name):
         for reg in ("_parameters", "_modules", "_buffers"):
             self.__dict__.get(reg, {}).pop(name, None)
+        self.__dict__.get("_registered", set()).discard(name)
         object.__delattr__(self, name)
 
     def register_buffer(self, name: str, array) -> None:
@@ -154,6 +163,7 @@ class Module:
         if not isinstance(array, np.ndarray):
             raise TypeError(f"buffer {name!r} must be a numpy array, got {type(array).__name__}")
         self.__dict__.setdefault("_buffers", {})[name] = array
+        self.__dict__.setdefault("_registered", set()).add(name)
         object.__setattr__(self, name, array)
 
     # -- what a subclass may override (the built-in modules do)
