@@ -701,7 +701,10 @@ def evaluate(model, loss_fn, X, y, batch_size=1024, metrics=None):
     _check_model(model)
     _check_loss(loss_fn)
     batch_size = _count("batch_size", batch_size)
+    raw_dtype = np.asarray(y).dtype if isinstance(y, (np.ndarray, list, tuple)) else None
     X, y = _data(X, y, model)
+    if getattr(loss_fn, "target_kind", None) in ("values", "binary"):  # (N,) for one output, as fit
+        y = _check_targets(loss_fn, y, _output_width(model, X), "y", raw_dtype)
     if metrics is not None:
         return _evaluate(model, loss_fn, X, y, batch_size, _resolve_metrics(metrics, loss_fn))
     classify = getattr(loss_fn, "classification", False)
