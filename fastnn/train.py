@@ -396,6 +396,70 @@ def _split(X, y, validation_split):
     return (X[:cut], y[:cut]), (X[cut:], y[cut:]), cut
 
 
+def _fit_data(model, loss_fn, X, y, validation_data, validation_split):
+    """(X, y, (X_val, y_val) or None), converted and every target checked."""
+    raw_dtype = np.asarray(y).dtype if isinstance(y, (np.ndarray, list, tuple)) else None
+    X, y = _data(X, y, model)
+    val_offset, val_name, val_dtype = 0, "y", raw_dtype
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        (X, y), (Xv, yv), val_offset = _split(X, y, validation_split)
+    elif validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a pair (X_val, y_val)")
+        val_name, val_dtype = "y_val", np.asarray(validation_data[1]).dtype
+        Xv, yv = _data(validation_data[0], validation_data[1], model, "X_val", "y_val")
+    width = _output_width(model, X) if len(X) else None
+    y = _check_targets(loss_fn, y, width, "y", raw_dtype)
+    if validation_data is None and validation_split is None:
+        return X, y, None
+    return X, y, (Xv, _check_targets(loss_fn, yv, width, val_name, val_dtype, val_offset))
+
+
+class _Stopper:
+    """Early stopping's state in fit: the monitor, the wait, the best weights."""
+
+    @classmethod
+    def make(cls, early_stopping, keys, default_monitor):
+        if early_stopping is None:
+            return None
+        if isinstance(early_stopping, numbers.Integral) and not isinstance(early_stopping, bool):
+            early_stopping = EarlyStopping(patience=int(early_stopping))
+        elif not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be an EarlyStopping or an int patience, "
+                            f"got {type(early_stopping).__name__}")
+        monitor = early_stopping.monitor or default_monitor
+        if monitor.startswith("val_") and default_monitor != "val_loss":
+            raise ValueError(f"early stopping on {monitor!r} needs validation_data")
+        if monitor not in keys:
+            raise ValueError(f"early stopping monitor {monitor!r} is not recorded by this fit; "
+                             f"it records {keys} (add metrics=[...])")
+        return cls(early_stopping, _cb.Monitor(monitor, early_stopping.mode, early_stopping.min_delta))
+
+    def __init__(self, config, monitor):
+        self.config, self.monitor = config, monitor
+        self.wait, self.snap = 0, None
+
+    def update(self, logs, epoch, model, history) -> bool:
+        """Record this epoch; True when training should stop."""
+        if self.monitor.improved(logs[self.monitor.name]):
+            self.wait, history.best_epoch = 0, epoch + 1
+            if self.config.restore_best_weights:
+                self.snap = _snapshot(model)
+            return False
+        self.wait += 1
+        history.stopped_early = self.wait >= self.config.patience
+        return history.stopped_early
+
+    def restore(self, model, history, progress) -> None:
+        if self.snap is not None and history.best_epoch != (history.epoch[-1] if history.epoch else None):
+            _restore(model, self.snap)
+            if progress:
+                print(f"Restored the weights of epoch {history.best_epoch} ({self.monitor.name} = "
+                      f"{self.monitor.best:.4f})", flush=True)
+
+
 def _resolve_metrics(metrics, loss_fn) -> list:
     names = _metrics.defaults_for(loss_fn) if metrics is None else metrics
     if isinstance(names, (str, bytes)) or callable(names):
@@ -483,47 +547,16 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
             raise TypeError(f"callbacks must be fastnn.callbacks.Callback instances, got {type(cb).__name__}")
     if scheduler is not None and not callable(getattr(scheduler, "step", None)):
         raise TypeError(f"scheduler must have .step() (see fastnn.lr_scheduler), got {type(scheduler).__name__}")
-    raw_dtype = np.asarray(y).dtype if isinstance(y, (np.ndarray, list, tuple)) else None
-    X, y = _data(X, y, model)
-    val_offset = 0
-    if validation_split is not None:
-        if validation_data is not None:
-            raise ValueError("give validation_data or validation_split, not both")
-        (X, y), validation_data, val_offset = _split(X, y, validation_split)
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError("validation_data must be a pair (X_val, y_val)")
-        yv_raw = validation_data[1]
-        Xv, yv = _data(validation_data[0], yv_raw, model, "X_val", "y_val")
-    width = _output_width(model, X) if len(X) else None
-    y = _check_targets(loss_fn, y, width, "y", raw_dtype)
-    if validation_data is not None:
-        yv = _check_targets(loss_fn, yv, width, "y" if validation_split is not None else "y_val",
-                            raw_dtype if validation_split is not None else np.asarray(yv_raw).dtype,
-                            val_offset)
+    X, y, validation_data = _fit_data(model, loss_fn, X, y, validation_data, validation_split)
     if seed is None:
         seed = int(_init.default_rng().integers(0, 2**63 - 1))
     else:
         seed = _count("seed", seed, positive=False)
-    if isinstance(early_stopping, numbers.Integral) and not isinstance(early_stopping, bool):
-        early_stopping = EarlyStopping(patience=int(early_stopping))
-    elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-        raise TypeError(f"early_stopping must be an EarlyStopping or an int patience, "
-                        f"got {type(early_stopping).__name__}")
     keys = ["loss"] + [name for name, _ in train_metrics]
-    val_metrics = list(train_metrics)
     if validation_data is not None:
         keys += ["val_" + k for k in keys]
     default_monitor = "val_loss" if validation_data is not None else "loss"
-    stopper = None
-    if early_stopping is not None:
-        monitor = early_stopping.monitor or default_monitor
-        if monitor.startswith("val_") and validation_data is None:
-            raise ValueError(f"early stopping on {monitor!r} needs validation_data")
-        if monitor not in keys:
-            raise ValueError(f"early stopping monitor {monitor!r} is not recorded by this fit; "
-                             f"it records {keys} (add metrics=[...])")
-        stopper = _cb.Monitor(monitor, early_stopping.mode, early_stopping.min_delta)
+    stopper = _Stopper.make(early_stopping, keys, default_monitor)
     plateau_monitor = None
     if scheduler is not None and isinstance(scheduler, _lrs.ReduceLROnPlateau):
         plateau_monitor = scheduler.monitor or default_monitor
@@ -536,7 +569,6 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
         cb.model, cb.optimizer, cb.history, cb.stop_training = model, optimizer, history, False
     loop = _EpochLoop(model, loss_fn, optimizer, X, y, batch_size, shuffle, seed, drop_last,
                       clip_grad_norm, train_metrics, callbacks, _progress_bar(progress), epochs)
-    best_snap, wait = None, 0
     model.train()
     for cb in callbacks:
         cb.on_train_begin({})
@@ -548,7 +580,7 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
         lr = _current_lr(optimizer)
         logs, bar = loop.run(epoch)
         if validation_data is not None:
-            vlogs = _evaluate(model, loss_fn, Xv, yv, eval_batch_size, val_metrics)
+            vlogs = _evaluate(model, loss_fn, *validation_data, eval_batch_size, train_metrics)
             logs.update({"val_" + k: v for k, v in vlogs.items()})
         if lr is not None:
             logs["lr"] = lr
@@ -570,22 +602,12 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
             else:
                 scheduler.step()
         stop = any(cb.stop_training for cb in callbacks)
-        if stopper is not None:
-            if stopper.improved(logs[stopper.name]):
-                wait, history.best_epoch = 0, epoch + 1
-                if early_stopping.restore_best_weights:
-                    best_snap = _snapshot(model)
-            else:
-                wait += 1
-                if wait >= early_stopping.patience:
-                    history.stopped_early = stop = True
+        if stopper is not None and stopper.update(logs, epoch, model, history):
+            stop = True
         if stop:
             break
-    if best_snap is not None and history.best_epoch != (history.epoch[-1] if history.epoch else None):
-        _restore(model, best_snap)
-        if progress:
-            print(f"Restored the weights of epoch {history.best_epoch} ({stopper.name} = "
-                  f"{stopper.best:.4f})", flush=True)
+    if stopper is not None:
+        stopper.restore(model, history, progress)
     model.train()
     for cb in callbacks:
         cb.on_train_end({})
