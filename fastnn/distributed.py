@@ -341,15 +341,14 @@ class DataParallel:
         """Sums over the ranks of float ``values``."""
         return sum_in_rank_order(self.comm, np.array(values, dtype=np.float64)).tolist()
 
-    def evaluate(self, evaluate, model, loss_fn, X, y, batch_size):
-        """``evaluate`` over the whole of (X, y), each rank taking its share of
-        the rows; the same (loss, accuracy) on every rank."""
+    def evaluate(self, evaluate, X, y, names) -> dict:
+        """``evaluate(X_share, y_share)`` (a dict of means, keyed by ``names``)
+        over the whole of (X, y), each rank taking its share of the rows; the
+        same row-weighted means on every rank."""
         a, b = share(0, len(X), self.rank, self.size)
-        loss = acc = 0.0
-        if b > a:
-            loss, acc = evaluate(model, loss_fn, X[a:b], y[a:b], batch_size)
-        total_loss, correct = self.sum(loss * (b - a), acc * (b - a))
-        return total_loss / len(X), round(correct) / len(X)
+        local = evaluate(X[a:b], y[a:b]) if b > a else dict.fromkeys(names, 0.0)
+        totals = self.sum(*[local[k] * (b - a) for k in names])
+        return {k: t / len(X) for k, t in zip(names, totals)}
 
 
 def setup(comm, model, optimizer, params, seed, **settings):

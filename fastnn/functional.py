@@ -24,12 +24,14 @@ from .kernels import batchnorm as K_bn
 from .kernels import dropout as K_drop
 from .kernels import layernorm as K_ln
 from .kernels import linear as K_lin
+from .kernels import losses as K_loss
 from .kernels import softmax_xent as K_xent
 from .reference import activations as R_act
 from .reference import batchnorm as R_bn
 from .reference import dropout as R_drop
 from .reference import layernorm as R_ln
 from .reference import linear as R_lin
+from .reference import losses as R_loss
 from .reference import softmax_xent as R_xent
 
 BACKENDS = ("numba", "numpy")
@@ -316,6 +318,105 @@ def _softmax_xent_backward(probs, target, d, backend):
     else:
         bwd(d, probs, target)
     return d
+
+
+# ------------------------------------------------------------ pointwise losses
+
+POINTWISE_LOSSES = ("mse", "l1", "huber", "bce_logits")
+REDUCTIONS = ("mean", "sum")
+
+
+def _loss_args(kind, pred, target, reduction, delta, pos_weight):
+    """(pred, target, pos_weight) as (N, C) arrays of pred's dtype, checked."""
+    if kind not in POINTWISE_LOSSES:
+        raise ValueError(f"loss must be one of {POINTWISE_LOSSES}, got {kind!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    pred = V.float_array("pred", pred, ndim=(1, 2))
+    if isinstance(target, np.ndarray) and target.dtype.kind in "iub" and target.dtype != pred.dtype:
+        target = target.astype(pred.dtype)
+    target = V.float_array("target", target, dtype=pred.dtype)
+    if target.shape != pred.shape:
+        hint = (" (reshape the targets with y.reshape(-1, 1), or they would broadcast)"
+                if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1 else "")
+        raise ValueError(f"target must have the shape of the predictions {pred.shape}, "
+                         f"got {target.shape}{hint}")
+    pred2, target2 = pred.reshape(len(pred), -1), target.reshape(len(target), -1)
+    c = pred2.shape[1]
+    if kind == "huber":
+        delta = V.real("delta", delta, lo=0, lo_open=True)
+    if kind == "bce_logits":
+        if pos_weight is None:
+            pos_weight = np.ones(c, pred.dtype)
+        else:
+            pos_weight = V.float_array("pos_weight", np.asarray(pos_weight, dtype=pred.dtype), ndim=1)
+            if pos_weight.shape != (c,) or not np.isfinite(pos_weight).all() or (pos_weight < 0).any():
+                raise ValueError(f"pos_weight must be {c} finite non-negative weights (one per "
+                                 f"output column), got shape {pos_weight.shape}")
+    return pred2, target2, delta, pos_weight
+
+
+def pointwise_loss(kind, pred, target, *, reduction="mean", delta=1.0, pos_weight=None, backend=None):
+    """``kind`` in ``POINTWISE_LOSSES`` of predictions (logits for
+    ``"bce_logits"``) against same-shaped targets, reduced by ``"mean"`` (over
+    all elements, as PyTorch) or ``"sum"``. Returns (loss, pred2, target2,
+    delta, pos_weight): the checked (N, C) arrays to pass to the backward."""
+    args = _loss_args(kind, pred, target, reduction, delta, pos_weight)
+    pred2, target2, delta, pos_weight = args
+    losses = np.empty(len(pred2), np.float64)
+    mod = K_loss if _numba(backend) else R_loss
+    extra = (delta,) if kind == "huber" else (pos_weight,) if kind == "bce_logits" else ()
+    if _finite_maybe and _check_finite:
+        _finite(f"{kind}_forward", "received", pred=pred2, target=target2)
+    fwd = getattr(mod, kind + "_forward")
+    if mod is K_loss:
+        fwd(losses, pred2, target2, *extra, work=pred2.size)
+    else:
+        fwd(losses, pred2, target2, *extra)
+    loss = float(losses.sum())
+    if reduction == "mean":
+        loss /= pred2.size
+    return (loss,) + args
+
+
+def _pointwise_backward(kind, pred2, target2, delta, pos_weight, scale, d, backend):
+    """The backward on arrays already checked by ``pointwise_loss``."""
+    mod = K_loss if _numba(backend) else R_loss
+    extra = (delta,) if kind == "huber" else (pos_weight,) if kind == "bce_logits" else ()
+    bwd = getattr(mod, kind + "_backward")
+    if mod is K_loss:
+        bwd(d, pred2, target2, *extra, scale, work=pred2.size)
+    else:
+        bwd(d, pred2, target2, *extra, scale)
+    return d
+
+
+def pointwise_loss_backward(kind, pred, target, *, reduction="mean", delta=1.0, pos_weight=None,
+                            out=None, backend=None):
+    """d(loss)/d(pred) for ``pointwise_loss``: an array of pred's shape."""
+    pred2, target2, delta, pos_weight = _loss_args(kind, pred, target, reduction, delta, pos_weight)
+    scale = 1.0 / pred2.size if reduction == "mean" else 1.0
+    d = _new(out, "out", np.shape(pred), pred2.dtype)
+    _pointwise_backward(kind, pred2, target2, delta, pos_weight, scale,
+                        d.reshape(pred2.shape), backend)
+    return d
+
+
+def mse_loss(pred, target, *, reduction="mean", backend=None) -> float:
+    return pointwise_loss("mse", pred, target, reduction=reduction, backend=backend)[0]
+
+
+def l1_loss(pred, target, *, reduction="mean", backend=None) -> float:
+    return pointwise_loss("l1", pred, target, reduction=reduction, backend=backend)[0]
+
+
+def huber_loss(pred, target, *, delta=1.0, reduction="mean", backend=None) -> float:
+    return pointwise_loss("huber", pred, target, reduction=reduction, delta=delta, backend=backend)[0]
+
+
+def bce_with_logits(logits, target, *, pos_weight=None, reduction="mean", backend=None) -> float:
+    return pointwise_loss("bce_logits", logits, target, reduction=reduction, pos_weight=pos_weight,
+                          backend=backend)[0]
 
 
 # ------------------------------------------------------------------- batchnorm

@@ -18,6 +18,9 @@ before calling ``backward``.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import numpy as np
 
 from . import _inference
@@ -62,27 +65,129 @@ class Parameter(np.ndarray):
         return "Parameter(" + repr(np.asarray(self))[6:]
 
 
+_PLAIN_TYPES = frozenset({np.ndarray, type(None), tuple, int, float, bool, str, dict})
+
+
+def _module_list(value: list) -> bool:
+    """An empty list (it may be filled with modules later) or a list of modules."""
+    return not value or isinstance(value[0], Module)
+
+
 def _plain(a: np.ndarray) -> np.ndarray:
     return a.view(np.ndarray) if type(a) is not np.ndarray else a
 
 
+def _takes_training(forward) -> bool:
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == "training" or p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _with_training(forward):
+    """``forward(x)`` made callable as ``forward(x, training=...)``: a given
+    mode other than the module's own is set for the call (``train``)."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, training=None, **kwargs):
+        if training is None or bool(training) == self.training:
+            return forward(self, *args, **kwargs)
+        prev = self.training
+        self.train(training)
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            self.train(prev)
+
+    return wrapper
+
+
 class Module:
-    """Base class: parameters, train/eval, state_dict, backend."""
+    """Base class: parameters, train/eval, state_dict, backend.
+
+    As in PyTorch, assigning a ``Parameter``, a ``Module`` or a list of
+    modules to an attribute registers it (``_parameters``, ``_modules``), so
+    that ``parameters()``, ``state_dict()``, ``train()``/``eval()`` and
+    ``backend`` reach it; ``register_buffer(name, array)`` adds saved
+    non-trainable state. A list of modules (also one assigned empty and
+    filled later) names its members ``name.0``, ``name.1``, ...
+    A subclass's ``forward`` may leave out the ``training`` argument.
+    """
 
     training = True
     _backend = None
 
-    # -- what a subclass declares
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fwd = cls.__dict__.get("forward")
+        if fwd is not None and not _takes_training(fwd):
+            cls.forward = _with_training(fwd)
+
+    def __setattr__(self, name, value, _plain=_PLAIN_TYPES, _set=object.__setattr__):
+        # The training step sets caches (arrays, tuples, None, counters): two lookups for those.
+        if type(value) in _plain and name not in self.__dict__.get("_registered", ()):
+            _set(self, name, value)
+            return
+        d = self.__dict__
+        d.setdefault("_registered", set()).add(name)
+        if isinstance(value, Parameter):
+            d.setdefault("_parameters", {})[name] = value
+            d.get("_modules", {}).pop(name, None)
+        elif isinstance(value, Module) or type(value) is list and _module_list(value):
+            d.setdefault("_modules", {})[name] = value
+            d.get("_parameters", {}).pop(name, None)
+        else:
+            params, mods, bufs = d.get("_parameters"), d.get("_modules"), d.get("_buffers")
+            if params and name in params:
+                if value is not None:
+                    raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} of "
+                                    f"{type(self).__name__}: wrap it in nn.Parameter (or assign None)")
+                params[name] = None
+            elif mods and name in mods:
+                if value is not None:
+                    raise TypeError(f"cannot assign {type(value).__name__} to submodule {name!r} of "
+                                    f"{type(self).__name__}: expected a Module, a list of modules or None")
+                mods[name] = None
+            elif bufs and name in bufs:
+                bufs[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for reg in ("_parameters", "_modules", "_buffers"):
+            self.__dict__.get(reg, {}).pop(name, None)
+        self.__dict__.get("_registered", set()).discard(name)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, array) -> None:
+        """Non-trainable state saved in ``state_dict`` (e.g. running statistics)."""
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"buffer {name!r} must be a numpy array, got {type(array).__name__}")
+        self.__dict__.setdefault("_buffers", {})[name] = array
+        self.__dict__.setdefault("_registered", set()).add(name)
+        object.__setattr__(self, name, array)
+
+    # -- what a subclass may override (the built-in modules do)
     def _named_params(self):
         """(name, Parameter) pairs owned directly by this module."""
-        return []
+        return [(k, p) for k, p in self.__dict__.get("_parameters", {}).items() if p is not None]
 
     def _named_buffers(self):
         """(name, ndarray) non-trainable state saved in state_dict."""
-        return []
+        return [(k, b) for k, b in self.__dict__.get("_buffers", {}).items() if b is not None]
 
     def _children(self):
-        return []
+        out = []
+        for name, m in self.__dict__.get("_modules", {}).items():
+            if isinstance(m, Module):
+                out.append((name, m))
+            elif m is not None and any(isinstance(c, Module) for c in m):
+                for i, child in enumerate(m):
+                    if not isinstance(child, Module):
+                        raise TypeError(f"{type(self).__name__}.{name}[{i}] must be a fastnn Module "
+                                        f"like the rest of that list, got {type(child).__name__}")
+                    out.append((f"{name}.{i}", child))
+        return out
 
     # -- the PyTorch-shaped API
     def __call__(self, *args, **kwargs):
@@ -166,6 +271,57 @@ class Module:
             raise ValueError("state does not match the model: " + "; ".join(problems))
         for name, dst in targets.items():
             dst[...] = state[name]
+
+    def __repr__(self):
+        lines = [f"  ({name}): Parameter{tuple(p.shape)} {p.dtype}" for name, p in self._named_params()]
+        for name, child in self._children():
+            inner = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {inner}")
+        if not lines:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+    def summary(self, input_dim: int | None = None) -> str:
+        """A table of the modules (dotted names), their own parameter counts
+        and, given ``input_dim`` for a ``Sequential``, each layer's output
+        width (one zero row in eval mode); totals at the end."""
+        rows = [("name", "module", "output", "params")]
+        widths = {}
+        if input_dim is not None and isinstance(self, Sequential):
+            x = np.zeros((1, V.positive_int("input_dim", input_dim)), self._dtype() or np.float32)
+            prev = self.training
+            self.train(False)
+            try:
+                for i, layer in enumerate(self.layers):
+                    x = layer.forward(x, training=False)
+                    widths[str(i)] = f"(N, {x.shape[1]})" if x.ndim == 2 else str(x.shape)
+            finally:
+                self.train(prev)
+
+        def walk(mod, prefix):
+            for name, child in mod._children():
+                full = f"{prefix}{name}"
+                own = sum(p.size for _, p in child._named_params())
+                text = repr(child)
+                label = type(child).__name__ if child._children() or "\n" in text else text
+                rows.append((full, label, widths.get(full, ""), f"{own:,}" if own else "0"))
+                walk(child, full + ".")
+
+        own = sum(p.size for _, p in self._named_params())
+        if own:
+            rows.append(("(own)", ", ".join(n for n, _ in self._named_params()), "", f"{own:,}"))
+        walk(self, "")
+        total = sum(p.size for p in self.parameters())
+        cols = [max(len(r[k]) for r in rows) for k in range(4)]
+        lines = ["  ".join(r[k].ljust(cols[k]) if k < 3 else r[k].rjust(cols[k]) for k in range(4)).rstrip()
+                 for r in rows]
+        rule = "-" * len(lines[0])
+        return "\n".join([f"{type(self).__name__}", rule, lines[0], rule] + lines[1:]
+                         + [rule, f"trainable parameters: {total:,}"])
+
+    def _dtype(self):
+        params = self.parameters()
+        return params[0].dtype if params else None
 
     def _is_training(self, training) -> bool:
         return self.training if training is None else bool(training)
@@ -365,6 +521,7 @@ class BatchNorm(Module):
     """
 
     sync = None
+    min_train_batch = 2  # fit drops a smaller last batch
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float32):
         self.dim = V.positive_int("dim", dim)
@@ -474,6 +631,9 @@ class SoftmaxCrossEntropy(Module):
     indices (N,) or one-hot/soft targets (N, C). ``backward()`` returns
     dlogits = (softmax(logits) - onehot(y)) / N.
     """
+
+    classification = True  # fit tracks accuracy by default
+    target_kind = "labels"  # fit checks every label against the output width up front
 
     def __init__(self):
         self.probs = None
@@ -751,3 +911,90 @@ class Sequential(Module):
 _EMPTY2 = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
 _EMPTY2_U8 = np.empty((0, 0), np.uint8)
 _ZERO_U64 = np.uint64(0)
+
+
+# ---------------------------------------------------------------- other losses
+
+
+class _PointwiseLoss(Module):
+    """``forward(pred, y)`` returns the loss as a float (``reduction``:
+    ``"mean"`` over all elements or ``"sum"``); ``backward()`` returns
+    d(loss)/d(pred), of pred's shape. Targets have the predictions' shape."""
+
+    kind = ""
+    classification = False
+    target_kind = "values"
+
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self.delta, self.pos_weight = 1.0, None
+        self._cache = None
+
+    def forward(self, pred, y, training=None):
+        loss, p2, t2, delta, pw = F.pointwise_loss(self.kind, pred, y, reduction=self.reduction,
+                                                   delta=self.delta, pos_weight=self.pos_weight,
+                                                   backend=self._backend)
+        # Own copy of the targets: a caller may refill its batch buffer before backward.
+        self._cache = (np.shape(pred), p2, t2.copy() if t2.base is y or t2 is y else t2, delta, pw)
+        return loss
+
+    def backward(self, dout=None):
+        shape, p2, t2, delta, pw = self._need(self._cache)
+        scale = 1.0 / p2.size if self.reduction == "mean" else 1.0
+        if dout is not None:
+            scale *= V.real("dout", dout)
+        d = F._pointwise_backward(self.kind, p2, t2, delta, pw, scale, np.empty_like(p2), self._backend)
+        return d.reshape(shape)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+
+class MSELoss(_PointwiseLoss):
+    """Mean squared error ``(pred - y)^2``."""
+    kind = "mse"
+
+
+class L1Loss(_PointwiseLoss):
+    """Mean absolute error ``|pred - y|`` (gradient sign(pred - y), 0 at 0)."""
+    kind = "l1"
+
+
+class HuberLoss(_PointwiseLoss):
+    """``0.5 d^2`` where ``|d| <= delta``, else ``delta (|d| - 0.5 delta)``, d = pred - y."""
+    kind = "huber"
+
+    def __init__(self, delta: float = 1.0, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.delta = V.real("delta", delta, lo=0, lo_open=True)
+
+    def __repr__(self):
+        return f"HuberLoss(delta={self.delta}, reduction={self.reduction!r})"
+
+
+class BCEWithLogitsLoss(_PointwiseLoss):
+    """Binary cross-entropy of ``sigmoid(logits)``, computed from the logits
+    (stable): one output per label, targets in [0, 1] of the logits' shape
+    (binary: ``(N, 1)``; multi-label: ``(N, C)``). ``pos_weight: (C,)``
+    weighs the positive term of each column, as in PyTorch. Accuracy is
+    ``logit > 0`` against ``y >= 0.5``; probabilities:
+    ``fastnn.train.predict_proba(model, X, kind="sigmoid")``."""
+    kind = "bce_logits"
+    classification = True
+    binary = True  # the "accuracy" metric thresholds each output
+    target_kind = "binary"
+
+    def __init__(self, pos_weight=None, reduction: str = "mean"):
+        super().__init__(reduction)
+        if pos_weight is not None:
+            pw = np.array(pos_weight, dtype=np.float64, ndmin=1)
+            if pw.ndim != 1 or not np.isfinite(pw).all() or (pw < 0).any():
+                raise ValueError(f"pos_weight must be a 1-D array of finite non-negative weights, got {pos_weight!r}")
+            pos_weight = pw
+        self.pos_weight = pos_weight
+
+    def __repr__(self):
+        pw = "" if self.pos_weight is None else f"pos_weight={self.pos_weight.tolist()}, "
+        return f"BCEWithLogitsLoss({pw}reduction={self.reduction!r})"

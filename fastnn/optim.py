@@ -373,3 +373,6 @@ class AdamW(Adam):
                  backend=None):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                          backend=backend)
+
+
+from . import lr_scheduler  # noqa: E402,F401  (fastnn.optim.lr_scheduler, PyTorch-shaped)

@@ -28,18 +28,22 @@ import math
 import numbers
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _validate as V
+from . import callbacks as _cb
 from . import distributed as _distributed
 from . import init as _init
+from . import lr_scheduler as _lrs
+from . import metrics as _metrics
 from . import nn
 from .regularization import clip_grad_norm as _clip_grad_norm
 
 __all__ = [
-    "train", "fit", "evaluate", "predict", "History", "EarlyStopping",
+    "train", "fit", "evaluate", "predict", "predict_proba", "History", "EarlyStopping",
     "NonFiniteLossError", "overfit_single_batch", "gradcheck",
 ]
 
@@ -55,10 +59,12 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf. ``epoch`` (from 1), ``step``
     (batch within the epoch, from 1) and ``loss`` say where."""
 
-    def __init__(self, loss, epoch, step):
+    def __init__(self, loss, epoch, step, unchanged=False):
         self.loss, self.epoch, self.step = loss, epoch, step
+        kept = (" That step changed nothing: the weights, the optimizer's state and BatchNorm's "
+                "running statistics are as before it." if unchanged else "")
         super().__init__(f"the training loss became {loss} at epoch {epoch}, step {step}; "
-                         f"training stopped. {_REMEDIES}")
+                         f"training stopped.{kept} {_REMEDIES}")
 
 
 # ------------------------------------------------------------------ helpers
@@ -113,12 +119,6 @@ def _backward_kwargs(model):
     if isinstance(model, nn.Linear):
         return {"need_dx": False}
     return {}
-
-
-def _correct(logits, y) -> int:
-    pred = logits.argmax(axis=1)
-    labels = y if y.ndim == 1 else y.argmax(axis=1)
-    return int(np.count_nonzero(pred == labels))
 
 
 class _mode:
@@ -199,26 +199,37 @@ class EarlyStopping:
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for
     ``patience`` epochs; with ``restore_best_weights`` the model ends with the
     parameters (and float buffers such as BatchNorm's running statistics) of
-    its best epoch. ``monitor``: ``"val_loss"`` (default when validation data
-    is given, else ``"loss"``), ``"loss"`` or ``"val_accuracy"`` (maximised).
+    its best epoch. ``monitor``: any value the history records, e.g.
+    ``"val_loss"`` (default when validation data is given, else ``"loss"``),
+    ``"loss"``, ``"accuracy"``, ``"val_accuracy"``, ``"val_mae"``.
+    ``mode``: ``"auto"`` (accuracies are maximised, the rest minimised),
+    ``"min"`` or ``"max"``. A NaN/Inf value warns and never counts as an
+    improvement.
     """
 
     patience: int = 5
     min_delta: float = 0.0
     monitor: str | None = None
     restore_best_weights: bool = True
+    mode: str = "auto"
 
     def __post_init__(self):
         self.patience = _count("patience", self.patience, positive=False)
         self.min_delta = V.real("min_delta", self.min_delta, lo=0)
-        if self.monitor not in (None, "loss", "val_loss", "val_accuracy"):
-            raise ValueError(f"monitor must be 'loss', 'val_loss' or 'val_accuracy', got {self.monitor!r}")
+        if self.monitor is not None and not isinstance(self.monitor, str):
+            raise TypeError(f"monitor must be a history key such as 'val_loss', got {self.monitor!r}")
+        if self.mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {self.mode!r}")
 
 
 @dataclass
 class History:
-    """What :func:`fit` returns: per-epoch lists (``val_*`` are empty
-    without validation data); ``history["loss"]`` works too.
+    """What :func:`fit` returns: per-epoch lists. ``loss``, ``val_loss`` and
+    ``val_accuracy`` are attributes (``val_*`` empty without validation data;
+    ``val_accuracy`` empty for losses that are not classification losses);
+    every recorded list, those included, is ``history["name"]`` (e.g.
+    ``history["accuracy"]``, ``history["val_mae"]``, ``history["lr"]``), and
+    ``history.keys()`` lists them.
 
     ``seed`` is the shuffling seed used (pass it again to resume),
     ``best_epoch`` the epoch (from 1) with the best monitored value when
@@ -232,9 +243,22 @@ class History:
     seed: int | None = None
     best_epoch: int | None = None
     stopped_early: bool = False
+    logs: dict = field(default_factory=dict)
 
     def __getitem__(self, key):
-        return getattr(self, key)
+        if key in ("epoch", "loss", "val_loss", "val_accuracy"):
+            return getattr(self, key)
+        return self.logs[key]
+
+    def keys(self) -> list:
+        own = [k for k in ("loss", "val_loss", "val_accuracy") if getattr(self, k)]
+        return own + [k for k in self.logs if k not in own]
+
+    def _append(self, logs: dict) -> None:
+        for k, v in logs.items():
+            if k in ("loss", "val_loss", "val_accuracy"):
+                getattr(self, k).append(v)
+            self.logs.setdefault(k, []).append(v)
 
 
 def _snapshot(model) -> dict:
@@ -265,30 +289,247 @@ def _progress_bar(progress):
     return tqdm
 
 
+def _check_loss(loss_fn):
+    for attr in ("forward", "backward"):
+        if not callable(getattr(loss_fn, attr, None)):
+            raise TypeError(f"loss_fn must be a loss module such as nn.SoftmaxCrossEntropy(), "
+                            f"got {type(loss_fn).__name__}")
+
+
+def _check_optimizer(model, optimizer):
+    """The optimizer must update this model's parameters (and only those)."""
+    if not callable(getattr(optimizer, "step", None)):
+        raise TypeError(f"optimizer must have .step() (e.g. optim.Adam(model.parameters())), "
+                        f"got {type(optimizer).__name__}")
+    opt_params = getattr(optimizer, "params", None)
+    if opt_params is None and getattr(optimizer, "param_groups", None) is not None:
+        opt_params = [p for g in optimizer.param_groups for p in g["params"]]
+    if opt_params is None:
+        return
+    named = list(model.named_parameters())
+    mine = {id(p) for _, p in named}
+    foreign = [i for i, p in enumerate(opt_params) if id(p) not in mine]
+    if foreign:
+        shapes = [tuple(opt_params[i].shape) for i in foreign[:5]]
+        raise ValueError(
+            f"the optimizer updates {len(foreign)} of its {len(opt_params)} parameters that are not "
+            f"this model's (optimizer parameters {foreign[:5]}, shapes {shapes}): it was built for "
+            f"another model; build it with optim.Adam(model.parameters()) or similar")
+    held = {id(p) for p in opt_params}
+    left = [name for name, p in named if id(p) not in held]
+    if left:
+        warnings.warn(f"the optimizer does not update the model parameters {left[:8]}"
+                      f"{' ...' if len(left) > 8 else ''}; they stay as they are", stacklevel=3)
+
+
+def _output_width(model, X) -> int | None:
+    """Columns of the model's output, from one row in eval mode (None for 1-D outputs)."""
+    with _mode(model, False):
+        out = model.forward(X[:1], training=False)
+    out = np.asarray(out)
+    return out.shape[1] if out.ndim == 2 else None
+
+
+def _bad_row(mask) -> int:
+    return int(np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))[0])
+
+
+def _check_targets(loss_fn, y, width, what, raw_dtype, offset=0):
+    """All targets checked at once, before any step; errors name the dataset
+    row (``offset`` + index) and the dtype as given. Returns y, reshaped to
+    (N, 1) for a one-column regression or binary model given (N,)."""
+    kind = getattr(loss_fn, "target_kind", None)
+    if kind is None or width is None:
+        return y
+    if kind == "labels":
+        if y.ndim == 2 and y.shape[1] == 1 and y.dtype.kind in "iu":
+            raise ValueError(f"{what} has shape {y.shape}: class indices must be 1-D (N,); "
+                             f"pass {what}.ravel()")
+        if y.ndim == 1 and raw_dtype.kind not in "iu":
+            raise TypeError(f"{what} must hold integer class indices for {type(loss_fn).__name__}, "
+                            f"got dtype {raw_dtype} (convert with {what}.astype(np.int64))")
+        if y.ndim == 1:
+            bad = (y < 0) | (y >= width)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise ValueError(f"{what}[{i}] = {int(y[i])} (dataset row {i + offset}) is not a class "
+                                 f"index in [0, {width}) for a model with {width} outputs")
+            return y
+        if y.shape[1] != width:
+            raise ValueError(f"{what} has {y.shape[1]} columns of targets, the model {width} outputs")
+        V.targets_array(what, y, y.shape, y.dtype)
+        return y
+    # regression ("values") and binary ("binary") targets: one per output
+    if y.ndim == 1 and width == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape[1] != width:
+        raise ValueError(f"{what} must have shape (N, {width}) to match the model's outputs, got "
+                         f"{y.shape}" + (" (for one output per sample use a model with one output)"
+                                         if y.ndim == 1 else ""))
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        i = _bad_row(~np.isfinite(y))
+        raise ValueError(f"{what} holds NaN/Inf at dataset row {i + offset} (dtype {raw_dtype})")
+    if kind == "binary" and ((y < 0) | (y > 1)).any():
+        i = _bad_row((y < 0) | (y > 1))
+        raise ValueError(f"{what} must hold targets in [0, 1] for {type(loss_fn).__name__}; dataset "
+                         f"row {i + offset} = {y[i].tolist()} (dtype {raw_dtype})")
+    return y
+
+
+def _float_buffers(model) -> list:
+    """(live, copy) pairs for the float buffers (BatchNorm's running statistics),
+    refreshed before each forward so that a non-finite batch can be undone."""
+    return [(b, b.copy()) for _, b in model.named_buffers() if b.dtype.kind == "f"]
+
+
+def _min_train_batch(model) -> int:
+    return max([getattr(m, "min_train_batch", 1) for m in _modules(model)] or [1])
+
+
+def _split(X, y, validation_split):
+    """The last ``validation_split`` of the rows (before shuffling) for validation."""
+    f = V.real("validation_split", validation_split, lo=0, hi=1, lo_open=True, hi_open=True)
+    n_val = int(round(len(X) * f))
+    if n_val < 1 or n_val >= len(X):
+        raise ValueError(f"validation_split={validation_split} leaves {len(X) - n_val} training and "
+                         f"{n_val} validation rows of {len(X)}; both need at least one")
+    cut = len(X) - n_val
+    return (X[:cut], y[:cut]), (X[cut:], y[cut:]), cut
+
+
+def _fit_data(model, loss_fn, X, y, validation_data, validation_split):
+    """(X, y, (X_val, y_val) or None), converted and every target checked."""
+    raw_dtype = np.asarray(y).dtype if isinstance(y, (np.ndarray, list, tuple)) else None
+    X, y = _data(X, y, model)
+    val_offset, val_name, val_dtype = 0, "y", raw_dtype
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError("give validation_data or validation_split, not both")
+        (X, y), (Xv, yv), val_offset = _split(X, y, validation_split)
+    elif validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a pair (X_val, y_val)")
+        val_name, val_dtype = "y_val", np.asarray(validation_data[1]).dtype
+        Xv, yv = _data(validation_data[0], validation_data[1], model, "X_val", "y_val")
+    width = _output_width(model, X) if len(X) else None
+    y = _check_targets(loss_fn, y, width, "y", raw_dtype)
+    if validation_data is None and validation_split is None:
+        return X, y, None
+    return X, y, (Xv, _check_targets(loss_fn, yv, width, val_name, val_dtype, val_offset))
+
+
+class _Stopper:
+    """Early stopping's state in fit: the monitor, the wait, the best weights."""
+
+    @classmethod
+    def make(cls, early_stopping, keys, default_monitor):
+        if early_stopping is None:
+            return None
+        if isinstance(early_stopping, numbers.Integral) and not isinstance(early_stopping, bool):
+            early_stopping = EarlyStopping(patience=int(early_stopping))
+        elif not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be an EarlyStopping or an int patience, "
+                            f"got {type(early_stopping).__name__}")
+        monitor = early_stopping.monitor or default_monitor
+        if monitor.startswith("val_") and default_monitor != "val_loss":
+            raise ValueError(f"early stopping on {monitor!r} needs validation_data")
+        if monitor not in keys:
+            raise ValueError(f"early stopping monitor {monitor!r} is not recorded by this fit; "
+                             f"it records {keys} (add metrics=[...])")
+        return cls(early_stopping, _cb.Monitor(monitor, early_stopping.mode, early_stopping.min_delta))
+
+    def __init__(self, config, monitor):
+        self.config, self.monitor = config, monitor
+        self.wait, self.snap = 0, None
+
+    def update(self, logs, epoch, model, history) -> bool:
+        """Record this epoch; True when training should stop."""
+        if self.monitor.improved(logs[self.monitor.name]):
+            self.wait, history.best_epoch = 0, epoch + 1
+            if self.config.restore_best_weights:
+                self.snap = _snapshot(model)
+            return False
+        self.wait += 1
+        history.stopped_early = self.wait >= self.config.patience
+        return history.stopped_early
+
+    def restore(self, model, history, progress) -> None:
+        if self.snap is not None and history.best_epoch != (history.epoch[-1] if history.epoch else None):
+            _restore(model, self.snap)
+            if progress:
+                print(f"Restored the weights of epoch {history.best_epoch} ({self.monitor.name} = "
+                      f"{self.monitor.best:.4f})", flush=True)
+
+
+def _resolve_metrics(metrics, loss_fn) -> list:
+    names = _metrics.defaults_for(loss_fn) if metrics is None else metrics
+    if isinstance(names, (str, bytes)) or callable(names):
+        names = [names]
+    out = [_metrics.get(m, loss_fn) for m in names]
+    if len({name for name, _ in out}) != len(out):
+        raise ValueError(f"metrics must not repeat a name, got {[name for name, _ in out]}")
+    if any(name in ("loss", "lr") for name, _ in out):
+        raise ValueError("metrics must not be named 'loss' or 'lr'")
+    return out
+
+
+def _current_lr(optimizer):
+    groups = getattr(optimizer, "param_groups", None)
+    if groups:
+        return float(groups[0]["lr"])
+    lr = getattr(optimizer, "lr", None)
+    return None if lr is None else float(lr)
+
+
+def _overrides(cb, hook) -> bool:
+    return getattr(type(cb), hook, None) is not getattr(_cb.Callback, hook)
+
+
+class _Stop(Exception):
+    pass
+
+
 @_distributed.abort_on_error
 def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_data=None,
         early_stopping=None, seed=None, progress=True, *, initial_epoch=0, shuffle=True,
-        clip_grad_norm=None, eval_batch_size=1024, comm=None):
+        clip_grad_norm=None, eval_batch_size=1024, metrics=None, validation_split=None,
+        drop_last=False, scheduler=None, callbacks=None, comm=None):
     """Train ``model`` with ``optimizer`` on ``loss_fn(model(X), y)``; return a :class:`History`.
 
     X: (N, D) float array of the model's dtype; y: class indices (N,) or
-    targets (N, C). Runs epochs ``initial_epoch .. epochs - 1`` (so
+    targets (N, C) (for a one-output regression or binary model, (N,) is
+    read as (N, 1)). Runs epochs ``initial_epoch .. epochs - 1`` (so
     ``initial_epoch=e`` resumes after e finished epochs). Each step:
     forward in training mode, loss, ``loss_fn.backward()``,
     ``model.backward(dlogits, need_input_grad=False)``, optional
-    ``clip_grad_norm``, ``optimizer.step()``. The last batch of an epoch may
-    be smaller; the epoch loss is the mean over samples.
+    ``clip_grad_norm``, ``optimizer.step()``. The epoch loss is the mean
+    over samples. The last batch of an epoch may be smaller; ``drop_last``
+    drops it, and a last batch smaller than a layer can train on (one
+    sample, for BatchNorm) is always dropped, with a warning.
 
-    validation_data: ``(X_val, y_val)``, evaluated after each epoch
-    (``val_loss``, ``val_accuracy``). early_stopping: an
-    :class:`EarlyStopping`, or an int patience. seed: the shuffling seed (a
-    non-negative int; None draws one from fastnn's generator, see
-    ``fastnn.manual_seed``). progress: a tqdm bar per epoch when tqdm is
-    installed and stdout is a terminal, else one printed line per epoch;
-    False for silence.
+    Checked before the first step: the optimizer updates this model's
+    parameters (foreign ones raise ValueError), and every target (the error
+    names the dataset row). A NaN/Inf loss raises
+    :class:`NonFiniteLossError` naming the epoch and step, before that
+    step's backward: the weights, the optimizer's state and BatchNorm's
+    running statistics are as before the step.
 
-    A NaN/Inf training loss raises :class:`NonFiniteLossError` naming the
-    epoch and step. The model is left in training mode.
+    validation_data: ``(X_val, y_val)``, or ``validation_split``: the
+    fraction of the rows (the last ones, before shuffling) held out;
+    evaluated after each epoch. metrics: names (``"accuracy"``, ``"mae"``,
+    ``"mse"``, see :mod:`fastnn.metrics`) or callables, tracked on the
+    training batches (``history["accuracy"]``) and on the validation data
+    (``history["val_accuracy"]``); default: accuracy for classification
+    losses, none for the others. ``history["lr"]`` records the learning rate.
+    early_stopping: an :class:`EarlyStopping`, or an int patience.
+    scheduler: a ``fastnn.lr_scheduler`` schedule, stepped after each epoch
+    (``ReduceLROnPlateau`` with its ``monitor``, default ``val_loss`` or
+    ``loss``). callbacks: :class:`fastnn.callbacks.Callback` instances.
+    seed: the shuffling seed (a non-negative int; None draws one from
+    fastnn's generator, see ``fastnn.manual_seed``). progress: a tqdm bar
+    per epoch when tqdm is installed and stdout is a terminal, else one
+    printed line per epoch; False for silence. The model is left in
+    training mode.
 
     comm: an mpi4py communicator (e.g. ``MPI.COMM_WORLD``) for data-parallel
     training: every rank passes the same arguments, ``batch_size`` is the
@@ -296,13 +537,8 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
     (see ``fastnn.distributed``). A rank that raises aborts the job.
     """
     _check_model(model)
-    for attr in ("forward", "backward"):
-        if not callable(getattr(loss_fn, attr, None)):
-            raise TypeError(f"loss_fn must be a loss module such as nn.SoftmaxCrossEntropy(), "
-                            f"got {type(loss_fn).__name__}")
-    if not callable(getattr(optimizer, "step", None)):
-        raise TypeError(f"optimizer must have .step() (e.g. optim.Adam(model.parameters())), "
-                        f"got {type(optimizer).__name__}")
+    _check_loss(loss_fn)
+    _check_optimizer(model, optimizer)
     epochs = _count("epochs", epochs, positive=False)
     initial_epoch = _count("initial_epoch", initial_epoch, positive=False)
     if initial_epoch > epochs:
@@ -311,134 +547,215 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
     eval_batch_size = _count("eval_batch_size", eval_batch_size)
     if clip_grad_norm is not None:
         clip_grad_norm = V.real("clip_grad_norm", clip_grad_norm, lo=0, lo_open=True)
-    X, y = _data(X, y, model)
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError("validation_data must be a pair (X_val, y_val)")
-        Xv, yv = _data(validation_data[0], validation_data[1], model, "X_val", "y_val")
+    train_metrics = _resolve_metrics(metrics, loss_fn)
+    callbacks = list(callbacks or [])
+    for cb in callbacks:
+        if not isinstance(cb, _cb.Callback):
+            raise TypeError(f"callbacks must be fastnn.callbacks.Callback instances, got {type(cb).__name__}")
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise TypeError(f"scheduler must have .step() (see fastnn.lr_scheduler), got {type(scheduler).__name__}")
+    X, y, validation_data = _fit_data(model, loss_fn, X, y, validation_data, validation_split)
     if seed is None:
         seed = int(_init.default_rng().integers(0, 2**63 - 1))
     else:
         seed = _count("seed", seed, positive=False)
-    if isinstance(early_stopping, numbers.Integral) and not isinstance(early_stopping, bool):
-        early_stopping = EarlyStopping(patience=int(early_stopping))
-    elif early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-        raise TypeError(f"early_stopping must be an EarlyStopping or an int patience, "
-                        f"got {type(early_stopping).__name__}")
-    monitor = None
-    if early_stopping is not None:
-        monitor = early_stopping.monitor or ("val_loss" if validation_data is not None else "loss")
-        if monitor.startswith("val_") and validation_data is None:
-            raise ValueError(f"early stopping on {monitor!r} needs validation_data")
-    maximize = monitor == "val_accuracy"
+    keys = ["loss"] + [name for name, _ in train_metrics]
+    if validation_data is not None:
+        keys += ["val_" + k for k in keys]
+    default_monitor = "val_loss" if validation_data is not None else "loss"
+    stopper = _Stopper.make(early_stopping, keys, default_monitor)
+    plateau_monitor = None
+    if scheduler is not None and isinstance(scheduler, _lrs.ReduceLROnPlateau):
+        plateau_monitor = scheduler.monitor or default_monitor
+        if plateau_monitor not in keys:
+            raise ValueError(f"ReduceLROnPlateau monitor {plateau_monitor!r} is not recorded; "
+                             f"this fit records {keys}")
 
-    params = model.parameters()
-    dp, seed = _distributed.setup(comm, model, optimizer, params, seed, n=len(X), batch_size=batch_size,
-                                  epochs=epochs, initial_epoch=initial_epoch, shuffle=shuffle,
-                                  validation=None if validation_data is None else len(Xv))
+    dp, seed = _distributed.setup(
+        comm, model, optimizer, model.parameters(), seed, n=len(X), batch_size=batch_size,
+        epochs=epochs, initial_epoch=initial_epoch, shuffle=shuffle, drop_last=drop_last,
+        metrics=keys, validation=None if validation_data is None else len(validation_data[0]))
     progress = progress and _distributed.is_root(comm)
-    bar_cls = _progress_bar(progress)
-    back_kw = _backward_kwargs(model)
-    n = len(X)
-    n_batches = -(-n // batch_size)
-    xbuf = np.empty((min(batch_size, n),) + X.shape[1:], X.dtype)
-    ybuf = np.empty((min(batch_size, n),) + y.shape[1:], y.dtype)
     history = History(seed=seed)
-    best, best_snap, wait = None, None, 0
+    for cb in callbacks:
+        cb.model, cb.optimizer, cb.history, cb.stop_training = model, optimizer, history, False
+    loop = _EpochLoop(model, loss_fn, optimizer, X, y, batch_size, shuffle, seed, drop_last,
+                      clip_grad_norm, train_metrics, callbacks, _progress_bar(progress), epochs, dp)
     model.train()
+    for cb in callbacks:
+        cb.on_train_begin({})
 
     for epoch in range(initial_epoch, epochs):
         t0 = time.perf_counter()
-        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else None
-        bar = bar_cls(total=n_batches, desc=f"Epoch {epoch + 1}/{epochs}", unit="batch",
-                      leave=True, file=sys.stdout, dynamic_ncols=True) if bar_cls else None
-        total = 0.0
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch, {})
+        lr = _current_lr(optimizer)
+        logs, bar = loop.run(epoch)
+        if validation_data is not None:
+            if dp is None:
+                vlogs = _evaluate(model, loss_fn, *validation_data, eval_batch_size, train_metrics)
+            else:  # each rank evaluates its share of the rows
+                vlogs = dp.evaluate(lambda Xs, ys: _evaluate(model, loss_fn, Xs, ys, eval_batch_size,
+                                                             train_metrics), *validation_data, keys[:len(train_metrics) + 1])
+            logs.update({"val_" + k: v for k, v in vlogs.items()})
+        if lr is not None:
+            logs["lr"] = lr
+        history.epoch.append(epoch + 1)
+        history._append(logs)
+        summary = ", ".join(f"{k} = {v:.4g}" if k == "lr" else f"{k} = {v:.4f}" for k, v in logs.items())
+        if bar is not None:
+            bar.set_postfix_str(summary)
+            bar.close()
+        elif progress:
+            print(f"Epoch {epoch + 1}/{epochs}: {summary} ({time.perf_counter() - t0:.1f} s)",
+                  flush=True)
+
+        for cb in callbacks:
+            cb.on_epoch_end(epoch, dict(logs))
+        if scheduler is not None:
+            if plateau_monitor is not None:
+                scheduler.step(logs[plateau_monitor])
+            else:
+                scheduler.step()
+        stop = any(cb.stop_training for cb in callbacks)
+        if stopper is not None and stopper.update(logs, epoch, model, history):
+            stop = True
+        if stop:
+            break
+    if stopper is not None:
+        stopper.restore(model, history, progress)
+    model.train()
+    for cb in callbacks:
+        cb.on_train_end({})
+    return history
+
+
+class _EpochLoop:
+    """One epoch of training steps; what stays the same across epochs is set up once."""
+
+    def __init__(self, model, loss_fn, optimizer, X, y, batch_size, shuffle, seed, drop_last,
+                 clip_grad_norm, train_metrics, callbacks, bar_cls, epochs, dp=None):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.X, self.y, self.batch_size = X, y, batch_size
+        self.shuffle, self.seed, self.clip, self.metrics = shuffle, seed, clip_grad_norm, train_metrics
+        self.bar_cls, self.epochs, self.dp = bar_cls, epochs, dp
+        self.params = model.parameters()
+        self.back_kw = _backward_kwargs(model)
+        self.guard = _float_buffers(model)
+        self.begin_hooks = [cb for cb in callbacks if _overrides(cb, "on_batch_begin")]
+        self.end_hooks = [cb for cb in callbacks if _overrides(cb, "on_batch_end")]
+        n = len(X)
+        n_full, rest = divmod(n, batch_size)
+        self.n_batches = n_full + (1 if rest and not drop_last else 0)
+        self.n_used = n_full * batch_size + (rest if self.n_batches > n_full else 0)
+        if self.n_batches > n_full and rest < _min_train_batch(model):
+            warnings.warn(f"the last batch of each epoch would hold {rest} sample(s), fewer than a "
+                          f"layer of this model can train on (BatchNorm needs 2); it is dropped "
+                          f"(choose another batch_size, or drop_last=True to silence this)",
+                          stacklevel=3)
+            self.n_batches, self.n_used = n_full, n_full * batch_size
+        if self.n_batches == 0:
+            raise ValueError(f"no batch to train on: {n} samples, batch_size={batch_size}, "
+                             f"drop_last={drop_last}")
+        m = min(batch_size, n)
+        self.xbuf = np.empty((m,) + X.shape[1:], X.dtype)
+        self.ybuf = np.empty((m,) + y.shape[1:], y.dtype)
+
+    def run(self, epoch):
+        """Train one epoch; returns (logs, the open progress bar or None)."""
+        model, loss_fn, optimizer, X, y = self.model, self.loss_fn, self.optimizer, self.X, self.y
+        bs, n, guard, metrics, back_kw = self.batch_size, self.n_used, self.guard, self.metrics, self.back_kw
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(X)) if self.shuffle else None
+        bar = self.bar_cls(total=self.n_batches, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="batch",
+                           leave=True, file=sys.stdout, dynamic_ncols=True) if self.bar_cls else None
+        total, seen = 0.0, 0
+        sums = [0.0] * len(metrics)
         try:
-            for step in range(n_batches):
-                s = step * batch_size
-                e = min(s + batch_size, n)
-                if dp is not None:  # this rank's rows of the global batch
-                    s, e = dp.share(s, e)
+            for step in range(self.n_batches):
+                s = step * bs
+                e = min(s + bs, len(X))
+                if self.dp is not None:  # this rank's rows of the global batch
+                    s, e = self.dp.share(s, e)
                 if order is None:
                     xb, yb = X[s:e], y[s:e]
                 else:
                     idx = order[s:e]
-                    xb, yb = xbuf[:e - s], ybuf[:e - s]
+                    xb, yb = self.xbuf[:e - s], self.ybuf[:e - s]
                     np.take(X, idx, axis=0, out=xb, mode="clip")
                     np.take(y, idx, axis=0, out=yb, mode="clip")
-                logits = model.forward(xb, training=True)
-                loss = loss_fn.forward(logits, yb)
+                for cb in self.begin_hooks:
+                    cb.on_batch_begin(step, {"size": e - s})
+                for live, saved in guard:
+                    np.copyto(saved, live)
+                out = model.forward(xb, training=True)
+                loss = loss_fn.forward(out, yb)
                 if not math.isfinite(loss):
-                    raise NonFiniteLossError(loss, epoch + 1, step + 1)
+                    for live, saved in guard:
+                        np.copyto(live, saved)
+                    raise NonFiniteLossError(loss, epoch + 1, step + 1, unchanged=True)
+                for k, (_, fn) in enumerate(metrics):
+                    sums[k] += fn(out, yb) * (e - s)
                 model.backward(loss_fn.backward(), **back_kw)
-                if dp is not None:
-                    dp.average_gradients()
-                if clip_grad_norm is not None:
-                    _clip_grad_norm(params, clip_grad_norm)
+                if self.dp is not None:
+                    self.dp.average_gradients()
+                if self.clip is not None:
+                    _clip_grad_norm(self.params, self.clip)
                 optimizer.step()
                 total += loss * (e - s)
+                seen += e - s
                 if bar is not None:
                     bar.update(1)
                     if step % 50 == 0:
-                        bar.set_postfix(loss=f"{total / e:.4f}", refresh=False)
-            epoch_loss = (total if dp is None else dp.sum(total)[0]) / n
-            history.epoch.append(epoch + 1)
-            history.loss.append(epoch_loss)
-            summary = f"loss = {epoch_loss:.4f}"
-            if validation_data is not None:
-                vl, va = (evaluate(model, loss_fn, Xv, yv, eval_batch_size) if dp is None
-                          else dp.evaluate(evaluate, model, loss_fn, Xv, yv, eval_batch_size))
-                history.val_loss.append(vl)
-                history.val_accuracy.append(va)
-                summary += f", val_loss = {vl:.4f}, val_accuracy = {va:.4f}"
-            if bar is not None:
-                bar.set_postfix_str(summary)
-        finally:
+                        bar.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+                for cb in self.end_hooks:
+                    cb.on_batch_end(step, {"loss": loss, "size": e - s})
+        except BaseException:
             if bar is not None:
                 bar.close()
-        if progress and bar is None:
-            print(f"Epoch {epoch + 1}/{epochs}: {summary} ({time.perf_counter() - t0:.1f} s)",
-                  flush=True)
-
-        if early_stopping is not None:
-            value = {"loss": history.loss, "val_loss": history.val_loss,
-                     "val_accuracy": history.val_accuracy}[monitor][-1]
-            delta = early_stopping.min_delta
-            improved = best is None and math.isfinite(value) or best is not None and (
-                value > best + delta if maximize else value < best - delta)
-            if improved:
-                best, wait, history.best_epoch = value, 0, epoch + 1
-                if early_stopping.restore_best_weights:
-                    best_snap = _snapshot(model)
-            else:
-                wait += 1
-                if wait >= early_stopping.patience:
-                    history.stopped_early = True
-                    break
-    if best_snap is not None and history.best_epoch != (history.epoch[-1] if history.epoch else None):
-        _restore(model, best_snap)
-        if progress:
-            print(f"Restored the weights of epoch {history.best_epoch} ({monitor} = {best:.4f})",
-                  flush=True)
-    model.train()
-    return history
+            raise
+        if self.dp is not None:  # sums over all ranks' rows
+            total, *sums = self.dp.sum(total, *sums)
+        logs = {"loss": total / n}
+        logs.update({name: sums[k] / n for k, (name, _) in enumerate(metrics)})
+        return logs, bar
 
 
-def evaluate(model, loss_fn, X, y, batch_size=1024):
-    """Mean loss and accuracy of ``model`` on (X, y), in eval mode and in
-    batches: returns ``(loss, accuracy)`` as floats. The previous train/eval
-    mode is restored."""
-    _check_model(model)
-    batch_size = _count("batch_size", batch_size)
-    X, y = _data(X, y, model)
-    total, correct = 0.0, 0
+def _evaluate(model, loss_fn, X, y, batch_size, metrics) -> dict:
+    total = 0.0
+    sums = [0.0] * len(metrics)
     with _mode(model, False):
         for s in range(0, len(X), batch_size):
             xb, yb = X[s:s + batch_size], y[s:s + batch_size]
-            logits = model.forward(xb, training=False)
-            total += loss_fn.forward(logits, yb) * len(xb)
-            correct += _correct(logits, yb)
-    return total / len(X), correct / len(X)
+            out = model.forward(xb, training=False)
+            total += loss_fn.forward(out, yb) * len(xb)
+            for k, (_, fn) in enumerate(metrics):
+                sums[k] += fn(out, yb) * len(xb)
+    logs = {"loss": total / len(X)}
+    logs.update({name: sums[k] / len(X) for k, (name, _) in enumerate(metrics)})
+    return logs
+
+
+def evaluate(model, loss_fn, X, y, batch_size=1024, metrics=None):
+    """``model`` on (X, y) in eval mode and in batches; the previous
+    train/eval mode is restored.
+
+    Without ``metrics``: ``(loss, accuracy)`` as floats, the accuracy NaN
+    for a loss that is not a classification loss. With ``metrics`` (names
+    or callables, see :mod:`fastnn.metrics`): a dict with ``"loss"`` and
+    each metric."""
+    _check_model(model)
+    _check_loss(loss_fn)
+    batch_size = _count("batch_size", batch_size)
+    raw_dtype = np.asarray(y).dtype if isinstance(y, (np.ndarray, list, tuple)) else None
+    X, y = _data(X, y, model)
+    if getattr(loss_fn, "target_kind", None) in ("values", "binary"):  # (N,) for one output, as fit
+        y = _check_targets(loss_fn, y, _output_width(model, X), "y", raw_dtype)
+    if metrics is not None:
+        return _evaluate(model, loss_fn, X, y, batch_size, _resolve_metrics(metrics, loss_fn))
+    classify = getattr(loss_fn, "classification", False)
+    acc = [_metrics.get("accuracy", loss_fn)] if classify else []
+    logs = _evaluate(model, loss_fn, X, y, batch_size, acc)
+    return logs["loss"], logs.get("accuracy", math.nan)
 
 
 def predict(model, X, batch_size=1024):
@@ -456,6 +773,26 @@ def predict(model, X, batch_size=1024):
             out[s:s + len(o)] = o
     return out
 
+
+def predict_proba(model, X, batch_size=1024, *, kind="softmax"):
+    """Class probabilities of a classifier: ``softmax`` of the outputs
+    (a model trained with ``SoftmaxCrossEntropy``; rows sum to 1) or
+    ``kind="sigmoid"`` (``BCEWithLogitsLoss``: one probability per output)."""
+    if kind not in ("softmax", "sigmoid"):
+        raise ValueError(f"kind must be 'softmax' or 'sigmoid', got {kind!r}")
+    z = predict(model, X, batch_size).astype(np.float64)
+    if kind == "sigmoid":
+        p = np.empty_like(z)
+        pos = z >= 0
+        p[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+        ez = np.exp(z[~pos])
+        p[~pos] = ez / (1.0 + ez)
+    else:
+        if z.ndim != 2:
+            raise ValueError(f"softmax probabilities need (N, C) outputs, got shape {z.shape}")
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+    return p.astype(_model_dtype(model) or np.float64)
 
 # ------------------------------------------------------------ the checklist
 

@@ -136,8 +136,11 @@ def test_early_stopping_restores_best_weights(data):
     assert not hist.stopped_early and hist.best_epoch == 2
     with pytest.raises(ValueError, match="validation_data"):
         run(1, EarlyStopping(monitor="val_loss"))
-    with pytest.raises(ValueError, match="monitor"):
-        EarlyStopping(monitor="accuracy")
+    # any recorded value may be monitored ("accuracy" is now one); others are refused
+    with pytest.raises(ValueError, match="monitor 'mae' is not recorded"):
+        run(1, EarlyStopping(monitor="mae"))
+    with pytest.raises(TypeError, match="monitor"):
+        EarlyStopping(monitor=3)
 
 
 def test_non_finite_loss_names_epoch_and_step(data):

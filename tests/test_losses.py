@@ -1,0 +1,127 @@
+"""fastnn.kernels.losses against fastnn.reference.losses, the references
+against finite differences, the modules against PyTorch (when installed),
+and the losses' argument checks."""
+
+import numpy as np
+import pytest
+
+from fastnn import functional as F
+from fastnn import nn
+
+from _helpers import DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, numeric_grad, randn, rng_for, run_both
+
+KINDS = ("mse", "l1", "huber", "bce_logits")
+MODULES = {"mse": lambda **kw: nn.MSELoss(**kw), "l1": lambda **kw: nn.L1Loss(**kw),
+           "huber": lambda **kw: nn.HuberLoss(0.7, **kw),
+           "bce_logits": lambda **kw: nn.BCEWithLogitsLoss(**kw)}
+
+
+def _inputs(kind, shape, dtype):
+    rng = rng_for("loss", kind, shape, np.dtype(dtype).name)
+    pred = randn(rng, shape, dtype, 3.0)
+    if kind == "bce_logits":
+        target = rng.random(shape).astype(dtype)
+        target[:, ::2] = target[:, ::2] > 0.5  # hard labels and soft ones
+        pos_weight = rng.uniform(0.2, 3.0, shape[1])
+        return pred, target, {"pos_weight": pos_weight}
+    return pred, randn(rng, shape, dtype), {"delta": 0.7} if kind == "huber" else {}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_matches_reference(kind, shape, dtype, reduction):
+    pred, target, kw = _inputs(kind, shape, dtype)
+
+    def fwd(backend):  # the loss as a 1-element array of the inputs' dtype: that dtype's tolerance
+        return lambda p, t: np.array([F.pointwise_loss(kind, p, t, reduction=reduction,
+                                                        backend=backend, **kw)[0]], dtype)
+
+    def bwd(backend):
+        return lambda p, t: F.pointwise_loss_backward(kind, p, t, reduction=reduction, backend=backend, **kw)
+
+    run_both(fwd("numba"), fwd("numpy"), lambda: (pred, target), names=["loss"])
+    (d,), _ = run_both(bwd("numba"), bwd("numpy"), lambda: (pred, target), names=["dpred"])
+    assert d.dtype == dtype and d.shape == shape
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_backward_matches_finite_differences(kind, reduction):
+    pred, target, kw = _inputs(kind, (4, 5), np.float64)
+    if kind == "l1":  # keep away from the kink at pred == target
+        pred = target + np.where(pred >= 0, 0.5, -0.5) + pred * 0.1
+    grad = F.pointwise_loss_backward(kind, pred, target, reduction=reduction, backend="numpy", **kw)
+    num = numeric_grad(lambda: F.pointwise_loss(kind, pred, target, reduction=reduction,
+                                                backend="numpy", **kw)[0], pred)
+    assert_grad_close(grad, num, kind)
+
+
+def test_bce_with_logits_is_stable_for_large_logits():
+    x = np.array([[-100.0, 100.0, 0.0, 30.0]], np.float32)
+    t = np.array([[1.0, 0.0, 1.0, 1.0]], np.float32)
+    for backend in ("numba", "numpy"):
+        loss = F.bce_with_logits(x, t, reduction="sum", backend=backend)
+        np.testing.assert_allclose(loss, 200 + np.log(2), rtol=1e-6)
+        d = F.pointwise_loss_backward("bce_logits", x, t, reduction="sum", backend=backend)
+        np.testing.assert_allclose(d, [[-1, 1, -0.5, 0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_modules_match_pytorch(kind, dtype, reduction):
+    torch = pytest.importorskip("torch")
+    pred, target, kw = _inputs(kind, (7, 3), dtype)
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    theirs = {"mse": lambda: torch.nn.MSELoss(reduction=reduction),
+              "l1": lambda: torch.nn.L1Loss(reduction=reduction),
+              "huber": lambda: torch.nn.HuberLoss(reduction=reduction, delta=0.7),
+              "bce_logits": lambda: torch.nn.BCEWithLogitsLoss(
+                  reduction=reduction, pos_weight=torch.tensor(kw["pos_weight"], dtype=tdt))}[kind]()
+    mine = MODULES[kind](reduction=reduction)
+    if kind == "bce_logits":
+        mine = nn.BCEWithLogitsLoss(pos_weight=kw["pos_weight"], reduction=reduction)
+    xt = torch.tensor(pred, requires_grad=True)
+    lt = theirs(xt, torch.tensor(target))
+    lt.backward()
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for backend in ("numba", "numpy"):
+        mine.backend = backend
+        np.testing.assert_allclose(mine.forward(pred, target), lt.item(), rtol=rtol)
+        np.testing.assert_allclose(mine.backward(), xt.grad.numpy(), rtol=rtol, atol=rtol * 1e-3)
+
+
+def test_one_dimensional_predictions_and_module_backward_scale():
+    pred = np.array([0.5, -1.0, 2.0])
+    target = np.array([0.0, 0.0, 1.0])
+    loss = nn.MSELoss()
+    assert loss.forward(pred, target) == pytest.approx((0.25 + 1 + 1) / 3)
+    np.testing.assert_allclose(loss.backward(), 2 * (pred - target) / 3)
+    np.testing.assert_allclose(loss.backward(2.0), 4 * (pred - target) / 3)
+    # the module keeps its own targets: refilling the caller's buffer changes nothing
+    t2 = target.reshape(3, 1).copy()
+    loss.forward(pred.reshape(3, 1), t2)
+    t2[:] = 9
+    np.testing.assert_allclose(loss.backward().ravel(), 2 * (pred - target) / 3)
+
+
+def test_bad_arguments_are_named():
+    p = np.zeros((4, 1), np.float32)
+    with pytest.raises(ValueError, match=r"shape of the predictions \(4, 1\), got \(4,\).*reshape"):
+        nn.MSELoss().forward(p, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="reduction"):
+        nn.L1Loss(reduction="none")
+    with pytest.raises(ValueError, match="delta"):
+        nn.HuberLoss(delta=0)
+    with pytest.raises(ValueError, match="pos_weight must be 1 finite"):
+        nn.BCEWithLogitsLoss(pos_weight=[1.0, 2.0]).forward(p, np.ones((4, 1), np.float32))
+    with pytest.raises(ValueError, match="pos_weight"):
+        nn.BCEWithLogitsLoss(pos_weight=[-1.0])
+    with pytest.raises(TypeError, match="float32"):
+        nn.MSELoss().forward(np.zeros((4, 1), np.int64), p)
+    with pytest.raises(RuntimeError, match="before forward"):
+        nn.HuberLoss().backward()
+    # integer 0/1 targets are accepted for BCE (converted to the logits' dtype)
+    assert nn.BCEWithLogitsLoss().forward(p, np.ones((4, 1), np.int64)) == pytest.approx(np.log(2))
