@@ -193,7 +193,8 @@ class Optimizer:
             F._check_backend(backend)
         self.backend = backend
         self.defaults = self._check_hyper(defaults, None)
-        self.step_count = 0
+        self.step_count = 0  # step() calls (since the latest load_state_dict)
+        self._group_steps = []  # steps taken by each group's parameters (Adam's t)
         self.params, self.state, self.param_groups = [], [], []
         self._group_of = []
         self._seen = []
@@ -206,12 +207,11 @@ class Optimizer:
             raise TypeError(f"params must be an iterable of fastnn.nn.Parameter or of dicts, got "
                             f"{type(params).__name__}{_HINT}") from None
         if items and all(isinstance(g, dict) for g in items):
-            groups = items
+            for group in items:
+                self.add_param_group(group)
         elif any(isinstance(g, dict) for g in items):
             raise TypeError("params must be all Parameters or all dicts (parameter groups), "
                             "not a mix")
-            for group in groups:
-                self.add_param_group(group)
         else:
             self._add_group({"params": items}, "params")
 
@@ -227,7 +227,8 @@ class Optimizer:
 
     def add_param_group(self, group: dict) -> None:
         """Add a group ``{"params": [...], <hyperparameter>: value, ...}``;
-        missing hyperparameters take the optimizer's defaults."""
+        missing hyperparameters take the optimizer's defaults. Its
+        parameters start at step 1 (Adam's bias corrections), as in PyTorch."""
         self._add_group(group, f"param_groups[{len(self.param_groups)}]['params']")
 
     def _add_group(self, group, params_name):
@@ -255,6 +256,7 @@ class Optimizer:
                                    None if len(group) == 1 else g)
         new = {"params": plist, **values}
         self.param_groups.append(new)
+        self._group_steps.append(0)
         self._seen.append(None)
         for p in plist:
             self._group_of.append(g)
@@ -305,8 +307,10 @@ class Optimizer:
         self._sync_groups()
         buckets = self._views()
         self.step_count += 1
+        steps = self._group_steps
         for g, group in enumerate(self.param_groups):
-            self._table[g] = self._hyper_row(group, self.step_count)
+            steps[g] += 1
+            self._table[g] = self._hyper_row(group, steps[g])
         self._update(buckets, self._table, F._numba(self.backend))
 
     def _hyper_row(self, group, t) -> tuple:  # pragma: no cover - abstract
@@ -356,7 +360,7 @@ class Optimizer:
         self._sync_groups()
         state = {}
         for i, st in enumerate(self.state):
-            entry = {"step": self.step_count}
+            entry = {"step": self._group_steps[self._group_of[i]]}
             entry.update({name: a.copy() for name, a in st.items()})
             state[i] = entry
         groups, start = [], 0
@@ -369,8 +373,8 @@ class Optimizer:
         return {"state": state, "param_groups": groups}
 
     def _parse_state_dict(self, state_dict):
-        """Check ``state_dict`` against this optimizer; return (step, arrays,
-        groups) ready to apply. Every difference is listed in the error."""
+        """Check ``state_dict`` against this optimizer; return (steps per
+        group, arrays, groups) ready to apply. Every difference is listed in the error."""
         name = type(self).__name__
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
             raise ValueError(f"state_dict must be a dict with 'state' and 'param_groups' "
@@ -412,7 +416,7 @@ class Optimizer:
             extra = {k: v for k, v in gr.items() if k not in self._checks and k != "params"}
             new_groups.append({**extra, **values})
         state = {int(k): v for k, v in dict(state_dict["state"]).items()}
-        steps, arrays = set(), []
+        steps, arrays = [set() for _ in self.param_groups], []
         for i, p in enumerate(self.params):
             st = state.get(i)
             if st is None:
@@ -421,7 +425,7 @@ class Optimizer:
                 arrays.append({})
                 continue
             if "step" in st:
-                steps.add(int(np.asarray(st["step"])))
+                steps[self._group_of[i]].add(int(np.asarray(st["step"])))
             entry = {}
             for sname in self._state_names:
                 if sname not in st:
@@ -435,11 +439,12 @@ class Optimizer:
                     problems.append(f"parameter {i} {sname}: dtype {a.dtype} in the state, {p.dtype} in the model")
                 entry[sname] = a
             arrays.append(entry)
-        if len(steps) > 1:
-            problems.append(f"parameters have different step counts {sorted(steps)}")
+        for g, s in enumerate(steps):
+            if len(s) > 1:
+                problems.append(f"the parameters of group {g} have different step counts {sorted(s)}")
         if problems:
             raise ValueError(f"{name} state does not match: " + "; ".join(problems))
-        step = steps.pop() if steps else 0
+        step = [s.pop() if s else 0 for s in steps]
         return step, arrays, new_groups
 
     def _required_state(self, i) -> bool:
@@ -464,7 +469,8 @@ class Optimizer:
                     st[sname][...] = src[sname]
                 elif sname in st:  # an absent buffer is a zero one (SGD)
                     st[sname][...] = 0
-        self.step_count = step
+        self._group_steps = step
+        self.step_count = max(step)
 
     def __repr__(self):
         hp = ", ".join(f"{k}={v!r}" for k, v in self.param_groups[0].items() if k != "params")
