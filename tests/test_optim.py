@@ -140,6 +140,8 @@ ADAM_ARGS = (1e-3 / (1 - 0.9 ** 10), 0.9, 0.999, 1e-8, math.sqrt(1 - 0.999 ** 10
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("impl", ["numba", "numpy"])
 def test_subnormal_state_and_gradients_are_flushed(dtype, impl):
+    if impl == "numba" and not K.FLUSHES_SUBNORMALS:
+        pytest.skip("the kernels flush subnormals on x86-64 only")
     tiny = np.finfo(dtype).tiny
     p, m, v, g = _subnormal_adam_state(dtype, n=1000)
     assert np.count_nonzero((m != 0) & (np.abs(m) < tiny)) > 800
@@ -163,6 +165,18 @@ def test_subnormal_state_and_gradients_are_flushed(dtype, impl):
     sgd(q, buf, np.zeros(4, dtype), 0.1, 0.25, 0.0, False)
     np.testing.assert_array_equal(buf, 0)
     np.testing.assert_array_equal(q, 1)
+
+
+def test_callers_floating_point_mode_is_restored():
+    """The kernels' flush-to-zero stays inside them: NumPy on the calling
+    thread still computes IEEE subnormals afterwards (serial and parallel)."""
+    tiny = np.finfo(np.float32).tiny
+    for work in (0, 10 ** 9):
+        p, m, v, g = _subnormal_adam_state(np.float32, n=70001)
+        K.adam_update(p, m, v, g, *ADAM_ARGS, work=work)
+        half = np.float32(tiny) * np.float32(0.5)
+        assert half != 0 and half == np.float32(tiny / 2), f"work={work}: caller's mode changed"
+        assert np.array([tiny], np.float32)[0] / np.float32(4) != 0
 
 
 def test_adam_on_subnormal_state_is_not_slow():

@@ -1,8 +1,9 @@
 """NumPy references of ``fastnn.kernels.optim``: same names, signatures and
 in-place semantics (``p``, ``buf``, ``m``, ``v`` overwritten; ``g`` read).
-Scalars are cast to the parameter's dtype first, as the kernels do, and
-gradient and state values below the dtype's smallest normal are flushed to
-zero where the kernels flush them: on load and when the state is stored."""
+Scalars are cast to the parameter's dtype first, as the kernels do.
+Gradient and state values below the dtype's smallest normal are flushed to
+zero on load and the new state on store: the kernels' flush-to-zero mode
+(see ``fastnn.kernels.optim``) up to differences below the smallest normal."""
 
 import numpy as np
 
