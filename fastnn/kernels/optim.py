@@ -167,7 +167,7 @@ def adam_update(p, m, v, g, step_size, beta1, beta2, eps, bias_correction2_sqrt,
 # ------------------------------------------------------ all parameters a call
 
 
-def chunk_table(sizes, chunk: int = 16384) -> np.ndarray:
+def chunk_table(sizes, chunk: int = _BLOCK) -> np.ndarray:
     """The ``(tensor, start, stop)`` rows (int64) that split tensors of the
     given sizes into chunks of at most ``chunk`` elements, in order."""
     rows = [(t, lo, min(n, lo + chunk)) for t, n in enumerate(sizes) for lo in range(0, n, chunk)]
