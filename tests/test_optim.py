@@ -5,6 +5,7 @@ clipping helpers."""
 import copy
 import math
 
+import numba
 import numpy as np
 import pytest
 
@@ -177,6 +178,17 @@ def test_callers_floating_point_mode_is_restored():
         half = np.float32(tiny) * np.float32(0.5)
         assert half != 0 and half == np.float32(tiny / 2), f"work={work}: caller's mode changed"
         assert np.array([tiny], np.float32)[0] / np.float32(4) != 0
+    # and on the pool's threads: a parallel loop still makes subnormals
+    x = np.full(64, tiny, np.float32)
+    assert np.all(_halve_in_parallel(x) == np.float32(tiny / 2))
+
+
+@numba.njit(parallel=True)
+def _halve_in_parallel(x):
+    out = np.empty_like(x)
+    for i in numba.prange(x.shape[0]):
+        out[i] = x[i] * np.float32(0.5)
+    return out
 
 
 def test_adam_on_subnormal_state_is_not_slow():
