@@ -27,7 +27,7 @@ Resuming a run bit for bit (same thread count, numba backend)::
     fit(model, loss_fn, opt, X, y, epochs=2, seed=extra["seed"], initial_epoch=extra["epoch"])
 
 Layout of the archive: ``model/<name>``, ``optimizer/state/<i>/<name>``,
-``optimizer/param_groups/0/<hyperparameter>``, ``extra/<key>`` and
+``optimizer/param_groups/<g>/<hyperparameter>`` (one set per parameter group), ``extra/<key>`` and
 ``fastnn/format``, ``fastnn/optimizer`` (the optimizer's class name).
 """
 

@@ -2,8 +2,10 @@
 hand-computed steps and (when installed) PyTorch, and the regularisation and
 clipping helpers."""
 
+import copy
 import math
 
+import numba
 import numpy as np
 import pytest
 
@@ -55,6 +57,163 @@ def test_adam_kernel_matches_reference(n, dtype):
                 math.sqrt(1 - 0.999 ** step), l2, scale)
         run_both(_kernel(K.adam_update), R.adam_update, lambda: args,
                  names=["p", "m", "v"], n_out=3)
+
+
+def _multi_state(dtype, sizes, n_state, seed):
+    rng = rng_for("multi", np.dtype(dtype).name, seed)
+    params = tuple(randn(rng, (n,), dtype) for n in sizes)
+    grads = tuple(randn(rng, (n,), dtype) for n in sizes)
+    states = [tuple(np.abs(randn(rng, (n,), dtype)) * 0.1 for n in sizes) for _ in range(n_state)]
+    return params, states, grads
+
+
+MULTI_SIZES = (70001, 7, 3000, 1, 16385)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_multi_adam_kernel_matches_reference(dtype):
+    params, (m, v), grads = _multi_state(dtype, MULTI_SIZES, 2, 0)
+    # two groups: Adam (coupled L2) at step 3 and AdamW (decoupled) at step 3
+    hyper = np.array([[1e-3 / (1 - 0.9 ** 3), 0.9, 0.999, 1e-8, math.sqrt(1 - 0.999 ** 3), 0.01, 1.0],
+                      [1e-2 / (1 - 0.8 ** 3), 0.8, 0.99, 1e-6, math.sqrt(1 - 0.99 ** 3), 0.0, 0.999]])
+    group_of = np.array([0, 1, 0, 1, 1], dtype=np.int64)
+    chunks = K.chunk_table(MULTI_SIZES, chunk=4096)
+    assert chunks[:, 2].tolist()[-1] == MULTI_SIZES[-1]
+    assert sum(hi - lo for _, lo, hi in chunks.tolist()) == sum(MULTI_SIZES)
+    k_args = copy.deepcopy((params, m, v, grads))
+    r_args = copy.deepcopy((params, m, v, grads))
+    for work in (0, 10 ** 9):  # the serial and the parallel build
+        K.multi_adam_update(*k_args, group_of, hyper, chunks, work=work)
+        R.multi_adam_update(*r_args, group_of, hyper, chunks)
+    for name, ks, rs in zip(("p", "m", "v"), k_args[:3], r_args[:3]):
+        for t, (k, r) in enumerate(zip(ks, rs)):
+            assert_close(k, r, f"{name}[{t}]")
+    # the same as one adam_update per tensor
+    single = copy.deepcopy((params, m, v, grads))
+    for _ in range(2):
+        for t in range(len(MULTI_SIZES)):
+            R.adam_update(single[0][t], single[1][t], single[2][t], single[3][t], *hyper[group_of[t]])
+    for t in range(len(MULTI_SIZES)):
+        assert_close(k_args[0][t], single[0][t], f"p[{t}] against adam_update")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_multi_sgd_kernel_matches_reference(dtype):
+    params, (buf,), grads = _multi_state(dtype, MULTI_SIZES, 1, 1)
+    # plain (its buffers must not be touched), heavy ball, Nesterov
+    buf = tuple(b if t != 1 else np.empty(0, dtype) for t, b in enumerate(buf))
+    hyper = np.array([[0.1, 0.9, 0.01, 0.0], [0.05, 0.0, 0.1, 0.0], [0.2, 0.5, 0.0, 1.0]])
+    group_of = np.array([0, 1, 2, 1, 2], dtype=np.int64)
+    chunks = K.chunk_table(MULTI_SIZES, chunk=4096)
+    k_args = copy.deepcopy((params, buf, grads))
+    r_args = copy.deepcopy((params, buf, grads))
+    for work in (0, 10 ** 9):
+        K.multi_sgd_update(*k_args, group_of, hyper, chunks, work=work)
+        R.multi_sgd_update(*r_args, group_of, hyper, chunks)
+    for name, ks, rs in zip(("p", "buf"), k_args[:2], r_args[:2]):
+        for t, (k, r) in enumerate(zip(ks, rs)):
+            assert_close(k, r, f"{name}[{t}]")
+    np.testing.assert_array_equal(k_args[1][3], buf[3], "a momentum-0 tensor's buffer was written")
+
+
+# ------------------------------------------------------------ subnormals
+
+
+def _subnormal_adam_state(dtype, n=50_000, seed=0):
+    """Moments mostly subnormal (units whose gradient stayed zero), as after
+    training: 90% of m and v below the smallest normal, their gradients 0."""
+    rng = np.random.default_rng(seed)
+    tiny = np.finfo(dtype).tiny
+    p = rng.standard_normal(n).astype(dtype) * 0.05
+    g = rng.standard_normal(n).astype(dtype) * 0.01
+    m = rng.standard_normal(n).astype(dtype) * 1e-3
+    v = np.abs(rng.standard_normal(n)).astype(dtype) * 1e-6
+    dead = rng.random(n) < 0.9
+    m[dead] = (rng.uniform(-1, 1, dead.sum()) * tiny).astype(dtype)
+    v[dead] = (rng.uniform(0, 1, dead.sum()) * tiny).astype(dtype)
+    g[dead] = 0
+    return p, m, v, g
+
+
+ADAM_ARGS = (1e-3 / (1 - 0.9 ** 10), 0.9, 0.999, 1e-8, math.sqrt(1 - 0.999 ** 10), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("impl", ["numba", "numpy"])
+def test_subnormal_state_and_gradients_are_flushed(dtype, impl):
+    if impl == "numba" and not K.FLUSHES_SUBNORMALS:
+        pytest.skip("the kernels flush subnormals on x86-64 only")
+    tiny = np.finfo(dtype).tiny
+    p, m, v, g = _subnormal_adam_state(dtype, n=1000)
+    assert np.count_nonzero((m != 0) & (np.abs(m) < tiny)) > 800
+    g[:3] = [tiny / 4, np.nan, np.inf]
+    dead = (g == 0) & (np.abs(m) < tiny)
+    p_before = p.copy()
+    adam = _kernel(K.adam_update) if impl == "numba" else R.adam_update
+    with np.errstate(invalid="ignore"):
+        adam(p, m, v, g, *ADAM_ARGS)
+    for name, a in (("m", m), ("v", v)):
+        small = np.abs(a) < tiny
+        assert not np.any(small & (a != 0)), f"{name} holds subnormals"
+    # a flushed unit's moments are exact zeros, so its parameter does not move
+    assert dead.sum() > 800 and not m[dead].any() and not v[dead].any()
+    np.testing.assert_array_equal(p[dead], p_before[dead])
+    assert m[0] == 0 and np.isnan(m[1]) and np.isnan(p[1])  # NaN passes through
+    # momentum buffers decaying into the subnormal range are stored as zero
+    buf = np.full(4, 2 * tiny, dtype)
+    q = np.ones(4, dtype)
+    sgd = _kernel(K.sgd_momentum_update) if impl == "numba" else R.sgd_momentum_update
+    sgd(q, buf, np.zeros(4, dtype), 0.1, 0.25, 0.0, False)
+    np.testing.assert_array_equal(buf, 0)
+    np.testing.assert_array_equal(q, 1)
+
+
+def test_callers_floating_point_mode_is_restored():
+    """The kernels' flush-to-zero stays inside them: NumPy on the calling
+    thread still computes IEEE subnormals afterwards (serial and parallel)."""
+    tiny = np.finfo(np.float32).tiny
+    for work in (0, 10 ** 9):
+        p, m, v, g = _subnormal_adam_state(np.float32, n=70001)
+        K.adam_update(p, m, v, g, *ADAM_ARGS, work=work)
+        half = np.float32(tiny) * np.float32(0.5)
+        assert half != 0 and half == np.float32(tiny / 2), f"work={work}: caller's mode changed"
+        assert np.array([tiny], np.float32)[0] / np.float32(4) != 0
+    # and on the pool's threads: a parallel loop still makes subnormals
+    x = np.full(64, tiny, np.float32)
+    assert np.all(_halve_in_parallel(x) == np.float32(tiny / 2))
+
+
+@numba.njit(parallel=True)
+def _halve_in_parallel(x):
+    out = np.empty_like(x)
+    for i in numba.prange(x.shape[0]):
+        out[i] = x[i] * np.float32(0.5)
+    return out
+
+
+def test_adam_on_subnormal_state_is_not_slow():
+    """Benchmark-style (generous): the kernel on mostly-subnormal moments runs
+    within 1.5x of the same kernel on normal values (medians of interleaved
+    rounds, each on a fresh copy so that no call cleans the state for the next)."""
+    import time
+
+    n = 200_704  # the seed's first layer, 784 x 256
+    sub = _subnormal_adam_state(np.float32, n)
+    rng = np.random.default_rng(1)
+    normal = (sub[0], rng.standard_normal(n).astype(np.float32) * 1e-3,
+              np.abs(rng.standard_normal(n)).astype(np.float32) * 1e-6,
+              rng.standard_normal(n).astype(np.float32) * 0.01)
+    k = K.adam_update.serial
+    k(*[a.copy() for a in normal], *ADAM_ARGS)
+    times = {"normal": [], "subnormal": []}
+    for _ in range(15):
+        for name, state in (("normal", normal), ("subnormal", sub)):
+            fresh = [a.copy() for a in state]
+            t0 = time.perf_counter()
+            k(*fresh, *ADAM_ARGS)
+            times[name].append(time.perf_counter() - t0)
+    ratio = np.median(times["subnormal"]) / np.median(times["normal"])
+    assert ratio < 1.5, f"subnormal state {ratio:.2f}x slower than normal state"
 
 
 # ------------------------------------------------------ hand-written steps
@@ -377,3 +536,212 @@ def test_clip_grad_norm_non_finite():
         optim.clip_grad_norm([p], 1.0, error_if_nonfinite=True)
     assert math.isnan(optim.clip_grad_norm([p], 1.0))
     assert np.isnan(p.grad).all()
+
+
+# ------------------------------------------------------------ parameter groups
+
+GROUP_CASES = {
+    "sgd": (optim.SGD, "SGD", dict(lr=0.05), [dict(), dict(lr=0.2, weight_decay=0.1)]),
+    "sgd-momentum": (optim.SGD, "SGD", dict(lr=0.05, momentum=0.9),
+                     [dict(nesterov=True), dict(momentum=0.0, weight_decay=0.01)]),
+    "adam": (optim.Adam, "Adam", dict(lr=0.01),
+             [dict(betas=(0.8, 0.99)), dict(lr=0.03, eps=1e-6, weight_decay=0.05)]),
+    "adamw": (optim.AdamW, "AdamW", dict(lr=0.01),
+              [dict(weight_decay=0.0), dict(lr=0.02, weight_decay=0.2)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GROUP_CASES))
+def test_param_groups_match_pytorch(name):
+    """Two groups with different hyperparameters, and a group's lr changed
+    between steps (a schedule), against torch.optim's param groups."""
+    torch = pytest.importorskip("torch")
+    ours_cls, torch_name, defaults, group_kw = GROUP_CASES[name]
+    rng = rng_for("groups-torch", name)
+    shapes = [(30, 4), (4,), (70001,)]
+    init = [randn(rng, s, np.float64) for s in shapes]
+    ours = [nn.Parameter(a) for a in init]
+    theirs = [torch.nn.Parameter(torch.from_numpy(a.copy())) for a in init]
+    split = [[0, 1], [2]]
+    opt = ours_cls([{"params": [ours[i] for i in idx], **kw} for idx, kw in zip(split, group_kw)],
+                   **defaults)
+    topt = getattr(torch.optim, torch_name)(
+        [{"params": [theirs[i] for i in idx], **kw} for idx, kw in zip(split, group_kw)], **defaults)
+    for step in range(5):
+        if step == 3:
+            for group in (*opt.param_groups, *topt.param_groups):
+                group["lr"] *= 0.5
+        for p, t in zip(ours, theirs):
+            g = randn(rng, p.shape, np.float64)
+            p.grad[...] = g
+            t.grad = torch.from_numpy(g.copy())
+        opt.step()
+        topt.step()
+    for i, (p, t) in enumerate(zip(ours, theirs)):
+        assert_close(p, t.detach().numpy(), f"{name} parameter {i}", scale=5)
+
+
+def _two_group_opt(cls=optim.Adam, dtype=np.float32):
+    model = _model(dtype)
+    ps = model.parameters()
+    opt = cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05, "weight_decay": 0.1}], lr=0.01)
+    return model, opt
+
+
+def test_param_groups_api():
+    model, opt = _two_group_opt()
+    ps = model.parameters()
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert all(a is b for a, b in zip(opt.params, ps))
+    assert opt.lr == 0.01 and opt.param_groups[1]["lr"] == 0.05
+    assert opt.param_groups[0]["weight_decay"] == 0.0 and opt.param_groups[1]["betas"] == (0.9, 0.999)
+    opt.lr = 0.002  # sets every group
+    assert [g["lr"] for g in opt.param_groups] == [0.002, 0.002]
+    # a group's lr changed in place takes effect at the next step: lr 0 would be refused,
+    # a tiny lr gives a tiny first Adam step (about lr per weight)
+    opt.param_groups[1]["lr"] = 1e-6
+    before = [np.array(p) for p in ps]
+    _fill_grads(ps, 0)
+    opt.step()
+    assert np.abs(ps[2] - before[2]).max() < 2e-6
+    assert np.abs(ps[0] - before[0]).max() > 1e-3
+    opt.param_groups[0]["lr"] = -1.0
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
+        opt.step()
+    assert opt.step_count == 1  # nothing happened
+    opt.param_groups[0]["lr"] = 0.01
+    assert "2 groups" in repr(opt)
+    # add_param_group
+    extra = nn.Parameter(np.zeros(3, np.float32))
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    assert opt.params[-1] is extra and len(opt.state) == 5
+    extra.grad[...] = 1.0
+    opt.step()
+    np.testing.assert_allclose(extra, -0.5, rtol=1e-5)
+
+
+def test_sgd_groups_mixed_momentum():
+    model = _model(np.float64)
+    ps = model.parameters()
+    opt = optim.SGD([{"params": ps[:2], "momentum": 0.9}, {"params": ps[2:]}], lr=0.1)
+    assert "momentum_buffer" in opt.state[0] and "momentum_buffer" not in opt.state[2]
+    ref = _model(np.float64).parameters()
+    r1 = optim.SGD(ref[:2], lr=0.1, momentum=0.9, backend="numpy")
+    r2 = optim.SGD(ref[2:], lr=0.1, backend="numpy")
+    for seed in range(2):
+        _fill_grads(ps, seed)
+        _fill_grads(ref, seed)
+        opt.step()
+        r1.step()
+        r2.step()
+    for a, b in zip(ps, ref):
+        assert_close(a, b, "parameter")
+    # momentum switched on later: the buffers are made then (zero, so the first is d)
+    opt.param_groups[1]["momentum"] = 0.5
+    opt.step()
+    assert "momentum_buffer" in opt.state[2]
+    np.testing.assert_allclose(opt.state[2]["momentum_buffer"], ps[2].grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_param_groups_state_dict_round_trip(cls):
+    kw = dict(lr=0.1, momentum=0.5) if cls is optim.SGD else dict(lr=0.01)
+    def make():
+        model = _model()
+        ps = model.parameters()
+        return model, cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05, "weight_decay": 0.1}], **kw)
+    (a, oa), (b, ob) = make(), make()
+    oa.param_groups[0]["initial_lr"] = 0.1  # as a scheduler stores it
+    for seed in range(2):
+        _fill_grads(a.parameters(), seed)
+        oa.step()
+    sd = oa.state_dict()
+    assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2, 3]]
+    assert sd["param_groups"][1]["lr"] == 0.05 and sd["param_groups"][0]["initial_lr"] == 0.1
+    b.load_state_dict(a.state_dict())
+    ob.param_groups[1]["lr"] = 0.9
+    ob.load_state_dict(sd)
+    assert ob.param_groups[1]["lr"] == 0.05 and ob.param_groups[0]["initial_lr"] == 0.1
+    assert ob.step_count == 2
+    for opt, model in ((oa, a), (ob, b)):
+        _fill_grads(model.parameters(), 7)
+        opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(pa, pb)
+    # a state with another grouping is refused, naming the groups
+    one = cls(_model().parameters(), **kw)
+    with pytest.raises(ValueError, match="2 param groups, the optimizer has 1"):
+        one.load_state_dict(sd)
+    other = make()[1]
+    bad = oa.state_dict()
+    bad["param_groups"][0]["params"], bad["param_groups"][1]["params"] = [0], [1, 2, 3]
+    with pytest.raises(ValueError, match=r"param group 0 holds parameters \[0\]"):
+        other.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam])
+def test_param_groups_checkpoint_round_trip(tmp_path, cls):
+    kw = dict(lr=0.1, momentum=0.5, nesterov=True) if cls is optim.SGD else dict(lr=0.01)
+    def make():
+        model = _model()
+        ps = model.parameters()
+        return model, cls([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.05, "weight_decay": 0.1}], **kw)
+    (a, oa), (b, ob) = make(), make()
+    _fill_grads(a.parameters(), 0)
+    oa.step()
+    fastnn.save(tmp_path / "c.npz", a, oa, epoch=1)
+    assert fastnn.load(tmp_path / "c.npz", b, ob) == {"epoch": 1}
+    assert ob.param_groups[1]["lr"] == 0.05 and ob.param_groups[1]["weight_decay"] == 0.1
+    assert [len(g["params"]) for g in ob.param_groups] == [2, 2]
+    for opt, model in ((oa, a), (ob, b)):
+        _fill_grads(model.parameters(), 3)
+        opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(pa, pb)
+    # one group saved, two expected: refused before anything changes
+    fastnn.save(tmp_path / "one.npz", a, cls(a.parameters(), **kw))
+    with pytest.raises(ValueError, match="1 param groups, the optimizer has 2"):
+        fastnn.load(tmp_path / "one.npz", b, ob)
+
+
+def test_bad_param_groups_name_the_problem():
+    ps = _model().parameters()
+    cases = [
+        ([{"params": ps[:2]}, {"lr": 0.1}], ValueError, r"param_groups\[1\] has no 'params'"),
+        ([{"params": ps[:2]}, {"params": ps[1:]}], ValueError,
+         r"param_groups\[1\]\['params'\]\[0\] is already in param_groups\[0\]"),
+        ([{"params": ps, "learning_rate": 0.1}], ValueError, r"unknown keys \['learning_rate'\]"),
+        ([{"params": ps[:2]}, {"params": ps[2:], "lr": -1}], ValueError, r"param_groups\[1\]\['lr'\]"),
+        ([{"params": ps, "betas": (0.9, 1.5)}], ValueError, r"param_groups\[0\]\['betas'\]\[1\]"),
+        ([{"params": []}], TypeError, r"param_groups\[0\]\['params'\] is empty"),
+        ([{"params": [np.zeros(3)]}], TypeError, r"param_groups\[0\]\['params'\]\[0\] must be a fastnn"),
+        ([{"params": ps[:2]}, ps[2]], TypeError, "not a mix"),
+    ]
+    for groups, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            optim.Adam(groups)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['nesterov'\]=True needs momentum"):
+        optim.SGD([{"params": ps[:2]}, {"params": ps[2:], "nesterov": True}], lr=0.1)
+    opt = optim.SGD([{"params": ps[:2], "momentum": 0.9, "nesterov": True}, {"params": ps[2:]}], lr=0.1)
+    with pytest.raises(ValueError, match="nesterov"):
+        opt.momentum = 0.0
+
+
+def test_mixed_dtypes_and_many_tensors_in_one_optimizer():
+    """float32 and float64 parameters (one kernel call each) and more tensors
+    than one call takes; agrees with the NumPy backend."""
+    rng = rng_for("many")
+    def params():
+        r = np.random.default_rng(5)
+        return [nn.Parameter(r.standard_normal(n).astype(np.float32 if n % 2 else np.float64))
+                for n in range(1, 150)]
+    a, b = params(), params()
+    oa, ob = optim.Adam(a, lr=0.01), optim.Adam(b, lr=0.01, backend="numpy")
+    for _ in range(2):
+        for p, q in zip(a, b):
+            p.grad[...] = q.grad[...] = randn(rng, p.shape, p.dtype)
+        oa.step()
+        ob.step()
+    for p, q in zip(a, b):
+        assert p.dtype == q.dtype
+        assert_close(p, q, "parameter")
