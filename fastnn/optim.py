@@ -493,7 +493,7 @@ class SGD(Optimizer):
     with momentum > 0 (made when a group's momentum first becomes > 0).
     """
 
-    _checks = {"lr": _positive, "momentum": _nonneg, "nesterov": _flag, "weight_decay": _nonneg}
+    _checks = {"lr": _nonneg, "momentum": _nonneg, "nesterov": _flag, "weight_decay": _nonneg}
     _state_names = ("momentum_buffer",)
     _table_width = len(K.SGD_HYPER)
 
@@ -561,7 +561,7 @@ class Adam(Optimizer):
     Hyperparameters per group: ``lr``, ``betas``, ``eps``, ``weight_decay``.
     """
 
-    _checks = {"lr": _positive, "betas": _betas,
+    _checks = {"lr": _nonneg, "betas": _betas,
                "eps": lambda name, v: V.real(name, v, lo=0, lo_open=True),
                "weight_decay": _nonneg}
     _state_names = ("exp_avg", "exp_avg_sq")

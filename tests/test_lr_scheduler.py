@@ -134,3 +134,19 @@ def test_fit_steps_the_schedule_each_epoch():
     with pytest.raises(ValueError, match="monitor 'val_loss' is not recorded"):
         fastnn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, progress=False,
                    scheduler=S.ReduceLROnPlateau(opt, monitor="val_loss"))
+
+
+def test_cosine_to_zero_keeps_training():
+    """eta_min = 0 (the default) reaches lr 0 at T_max; the optimizer takes
+    it (as PyTorch's does) and a step there changes nothing."""
+    p = nn.Parameter(np.ones(3, np.float32))
+    opt = optim.SGD([p], lr=0.1)
+    sched = S.CosineAnnealingLR(opt, T_max=2)
+    for _ in range(2):
+        p.grad[...] = 1.0
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    before = np.array(p)
+    opt.step()
+    np.testing.assert_array_equal(before, p)

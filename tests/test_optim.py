@@ -441,7 +441,6 @@ def test_state_dict_is_a_copy_and_mismatches_are_listed():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda ps: optim.SGD(ps, lr=0), "lr"),
     (lambda ps: optim.SGD(ps, lr=-1), "lr"),
     (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.1), "momentum"),
     (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), "nesterov"),
@@ -457,6 +456,21 @@ def test_bad_hyperparameters_raise_value_error(make, match):
         make(_model().parameters())
 
 
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_zero_lr_is_accepted_and_changes_nothing(cls):
+    """lr = 0 is allowed, as in PyTorch (a cosine schedule ends there), and
+    a step at lr 0 leaves the parameters as they were."""
+    model = _model()
+    params = model.parameters()
+    for p in params:
+        p.grad[...] = 1.0
+    before = [np.array(p) for p in params]
+    kw = dict(weight_decay=0.0) if cls is optim.AdamW else {}
+    cls(params, lr=0, **kw).step()
+    for b, p in zip(before, params):
+        np.testing.assert_array_equal(b, p)
+
+
 def test_bad_params_raise_type_error_with_hint():
     model = _model()
     for bad in ([], model, np.zeros(3), [np.zeros(3)], 5):
@@ -467,7 +481,7 @@ def test_bad_params_raise_type_error_with_hint():
     with pytest.raises(TypeError, match="betas"):
         optim.Adam(model.parameters(), betas=0.9)
     with pytest.raises(ValueError, match="lr"):
-        optim.Adam(model.parameters()).lr = 0
+        optim.Adam(model.parameters()).lr = -1e-3
 
 
 def test_generator_of_parameters_is_accepted():
