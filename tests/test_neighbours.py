@@ -116,15 +116,18 @@ def time_pairs(body, pairs):
 
 
 def assert_within(body, limit, pairs):
+    """Both ways: a process-wide setting that makes a neighbour faster on one
+    machine (a passive wait policy under heavy load) makes it slower on another."""
+    def ratio():
+        return float(np.median(disturbed) / np.median(clean))
+
     clean, disturbed = time_pairs(body, pairs)
-    ratio = np.median(disturbed) / np.median(clean)
-    if ratio > limit:  # a second set: decide on all pairs, not on the better set
+    if not 1 / limit <= ratio() <= limit:  # a second set: decide on all pairs, not on the better set
         more_clean, more_disturbed = time_pairs(body, pairs)
         clean += more_clean
         disturbed += more_disturbed
-        ratio = np.median(disturbed) / np.median(clean)
-    assert ratio <= limit, (
-        f"after import fastnn and training with it: {ratio:.2f}x the clean time (limit {limit}x); "
+    assert 1 / limit <= ratio() <= limit, (
+        f"after import fastnn and training with it: {ratio():.2f}x the clean time (limit {limit}x either way); "
         f"clean {clean}, after fastnn {disturbed}")
 
 
@@ -143,7 +146,7 @@ ENV_AND_POOLS = """
 import json, os
 from threadpoolctl import threadpool_info
 def blas():
-    return sorted((d["internal_api"], d["num_threads"]) for d in threadpool_info() if d["user_api"] == "blas")
+    return {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
 WATCHED = %r
 before = {k: os.environ.get(k) for k in WATCHED}
 import numpy
@@ -162,7 +165,10 @@ def test_importing_and_training_leaves_environment_and_blas_threads_alone():
     assert all(v is None for v in doc["before"].values())
     assert doc["after_import"] == doc["before"], "import fastnn changed process-wide thread settings"
     assert doc["after_steps"] == doc["before"], "training with fastnn changed process-wide thread settings"
-    assert doc["blas_after"] == doc["blas_before"], "fastnn changed NumPy's BLAS thread count"
+    # NumPy's BLAS keeps its thread count (libraries loaded later are not NumPy's)
+    assert doc["blas_before"], "no BLAS found through threadpoolctl"
+    assert {k: doc["blas_after"].get(k) for k in doc["blas_before"]} == doc["blas_before"], \
+        "fastnn changed NumPy's BLAS thread count"
 
 
 def test_settings_the_user_made_are_kept():
