@@ -50,6 +50,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -116,8 +117,8 @@ def prepare_data(args, out_dir):
         json.dump({"data": name}, f)
 
 
-def load_prepared(data_dir):
-    arrays = [np.load(os.path.join(data_dir, k + ".npy")) for k in ("Xtr", "ytr", "Xte", "yte")]
+def load_prepared(data_dir, mmap_mode=None):
+    arrays = [np.load(os.path.join(data_dir, k + ".npy"), mmap_mode=mmap_mode) for k in ("Xtr", "ytr", "Xte", "yte")]
     with open(os.path.join(data_dir, "meta.json")) as f:
         return (*arrays, json.load(f)["data"])
 
@@ -330,7 +331,8 @@ def run_worker(args):
     backend = args.worker
     t_start = args.t0 if args.t0 is not None else time.time()
     t_data = time.time()
-    Xtr, ytr, Xte, yte, data_name = load_prepared(args.data)
+    # The floor needs the data's size only.
+    Xtr, ytr, Xte, yte, data_name = load_prepared(args.data, "r" if backend == "floor" else None)
     data_s = time.time() - t_data
     n, bs = len(Xtr), args.batch_size
     head = {"backend": backend, "data": data_name, "n_train": int(n), "batch_size": bs}
@@ -549,6 +551,7 @@ def main(argv=None):
     common = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
     if args.threads:
         common += ["--threads", str(args.threads)]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the data dir is removed
     tmp = tempfile.mkdtemp(prefix="mnist_speed_")
     try:
         prep = [sys.executable, os.path.abspath(__file__), "--prepare", tmp, "--dataset", args.dataset,

@@ -1,6 +1,7 @@
 """The README's main command, in its quick mode: benchmarks/mnist_speed.py runs
 end to end in clean worker processes and reports sane figures."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -48,13 +49,24 @@ def test_quick_run_prints_table_and_writes_json(tmp_path):
     assert abs(results["numba-fit"]["test_accuracy"] - results["numpy-fit"]["test_accuracy"]) < 0.02
 
 
-def test_peers_never_import_fastnn(tmp_path):
+def test_peers_never_import_fastnn_and_threads_reach_every_worker(tmp_path):
     out = tmp_path / "speed.json"
-    backends = ["floor"] + [b for b in ("torch", "jax") if __import__("importlib.util").util.find_spec(b)]
-    proc = run("--quick", "--epochs", "1", "--backends", ",".join(backends), "--json", str(out), "--png", "")
+    peers = [b for b in ("torch", "jax") if importlib.util.find_spec(b)]
+    proc = run("--quick", "--epochs", "1", "--threads", "1", "--backends", ",".join(["numba-loop"] + peers),
+               "--json", str(out), "--png", "")
     assert proc.returncode == 0, proc.stderr
-    for r in json.loads(out.read_text())["results"]:
-        assert not r["imported_fastnn"], r["backend"]
+    results = {r["backend"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"floor", "numba-loop", *peers}
+    for name in ["floor", *peers]:
+        assert not results[name]["imported_fastnn"], name
+    floor, numba = results["floor"]["per_round"][0], results["numba-loop"]["per_round"][0]
+    assert [b["num_threads"] for b in floor["blas"]] == [1] * len(floor["blas"])
+    assert numba["threading"]["numba_num_threads"] == 1
+    assert all(b["num_threads"] == 1 for b in numba["threading"]["blas"])
+    if "torch" in results:
+        assert results["torch"]["per_round"][0]["torch_threads"] == 1
+    if "jax" in results:
+        assert "intra_op_parallelism_threads=1" in results["jax"]["per_round"][0]["xla_flags"]
 
 
 def test_bad_arguments_are_argparse_errors():
