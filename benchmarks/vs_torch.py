@@ -1,0 +1,305 @@
+"""Every fastnn module's forward + backward against the PyTorch module, each framework in its own process.
+
+    python benchmarks/vs_torch.py                    # all modules, 3 sizes, float32 and float64
+    python benchmarks/vs_torch.py --sizes 1024x1024 --dtypes float32 --ops relu,layernorm
+    python benchmarks/vs_torch.py --help
+
+For each module (Linear (D -> D), ReLU, LeakyReLU, Sigmoid, Tanh, GELU
+(tanh approximation), SiLU, softmax cross-entropy (integer labels),
+BatchNorm, LayerNorm, Dropout(0.2), training mode) and each input shape
+(N, D), one timed repeat is ``forward(x)`` then ``backward(dy)``, input
+gradient included (parameter gradients too). Each framework runs in its own
+worker process, started without fastnn's environment variables, in
+interleaved rounds (fastnn, torch, fastnn, torch, ...); the time reported
+is the median of every timed repeat of every round (``--repeats`` per round,
+after ``--warmup`` untimed ones). ``ratio = fastnn / torch``: above 1,
+PyTorch is faster.
+
+For the memory-bound modules the table adds GB/s: the bytes the op must move
+at least (forward: read x, write y; backward: read dy and what the forward
+saved, write dx; softmax-CE: read the logits twice, write dx; Dropout:
+recomputes its mask) divided by its time, and the bandwidth of a same-size
+``np.copyto`` (read + write) measured in the fastnn worker.
+
+PyTorch missing: the script says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OPS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax_xent",
+       "batchnorm", "layernorm", "dropout")
+# Arrays of the input's size the op must read or write at least (forward + backward).
+PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5,
+          "softmax_xent": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
+SIZES = ("64x256", "1024x1024", "4096x1024")
+DTYPES = ("float32", "float64")
+STRIPPED = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def clean_environ(threads=None):
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("FASTNN_") or k in STRIPPED)}
+    if threads:
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            env[k] = str(threads)
+    return env
+
+
+def median_time(fn, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+# ----------------------------------------------------------------- workers
+
+
+def fastnn_case(op, n, d, dtype, rng):
+    from fastnn import nn
+
+    x = rng.standard_normal((n, d)).astype(dtype)
+    dy = rng.standard_normal((n, d)).astype(dtype)
+    if op == "softmax_xent":
+        labels = rng.integers(0, d, n)
+        mod = nn.SoftmaxCrossEntropy()
+
+        def step():
+            mod.forward(x, labels)
+            mod.backward()
+        return step
+    mod = {
+        "linear": lambda: nn.Linear(d, d, dtype=dtype),
+        "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
+        "batchnorm": lambda: nn.BatchNorm(d, dtype=dtype), "layernorm": lambda: nn.LayerNorm(d, dtype=dtype),
+        "dropout": lambda: nn.Dropout(0.2, seed=0),
+    }[op]()
+    mod.train()
+
+    def step():
+        mod.forward(x)
+        mod.backward(dy)
+    return step
+
+
+def torch_case(op, n, d, dtype, rng):
+    import torch
+
+    tdtype = getattr(torch, dtype)
+    x = torch.from_numpy(rng.standard_normal((n, d)).astype(dtype)).requires_grad_(True)
+    dy = torch.from_numpy(rng.standard_normal((n, d)).astype(dtype))
+    if op == "softmax_xent":
+        labels = torch.from_numpy(rng.integers(0, d, n))
+
+        def step():
+            x.grad = None
+            torch.nn.functional.cross_entropy(x, labels).backward()
+        return step
+    mod = {
+        "linear": lambda: torch.nn.Linear(d, d, dtype=tdtype),
+        "relu": torch.nn.ReLU, "leaky_relu": lambda: torch.nn.LeakyReLU(0.01), "sigmoid": torch.nn.Sigmoid,
+        "tanh": torch.nn.Tanh, "gelu": lambda: torch.nn.GELU(approximate="tanh"), "silu": torch.nn.SiLU,
+        "batchnorm": lambda: torch.nn.BatchNorm1d(d, dtype=tdtype),
+        "layernorm": lambda: torch.nn.LayerNorm(d, dtype=tdtype),
+        "dropout": lambda: torch.nn.Dropout(0.2),
+    }[op]()
+    mod.train()
+
+    def step():
+        x.grad = None
+        mod.zero_grad(set_to_none=True)
+        mod(x).backward(dy)
+    return step
+
+
+def run_worker(args):
+    if args.worker == "fastnn":
+        if os.path.exists(os.path.join(ROOT, "fastnn", "__init__.py")):
+            sys.path.insert(0, ROOT)  # the checkout this script belongs to
+        import fastnn
+
+        if args.threads:
+            fastnn.set_num_threads(args.threads)
+        make, info = fastnn_case, {"fastnn_file": fastnn.__file__}
+    else:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        make, info = torch_case, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    rng = np.random.default_rng(0)
+    rows = []
+    for dtype in args.dtypes:
+        for n, d in args.sizes:
+            if args.worker == "fastnn":
+                src = rng.standard_normal((n, d)).astype(dtype)
+                dst = np.empty_like(src)
+                rows.append({"op": "copyto", "shape": [n, d], "dtype": dtype,
+                             "times": median_time(lambda: np.copyto(dst, src), args.repeats, args.warmup)})
+            for op in args.ops:
+                step = make(op, n, d, dtype, rng)
+                rows.append({"op": op, "shape": [n, d], "dtype": dtype,
+                             "times": median_time(step, args.repeats, args.warmup)})
+    return {"framework": args.worker, "imported_fastnn": "fastnn" in sys.modules,
+            "imported_torch": "torch" in sys.modules, "rows": rows, **info}
+
+
+# -------------------------------------------------------------------- main
+
+
+def op_bytes(op, n, d, dtype):
+    return PASSES[op] * n * d * np.dtype(dtype).itemsize if op in PASSES else None
+
+
+def combine(worker_results):
+    """{(framework, op, shape, dtype): median of all repeats of all rounds}."""
+    pooled = {}
+    for res in worker_results:
+        for row in res["rows"]:
+            key = (res["framework"], row["op"], tuple(row["shape"]), row["dtype"])
+            pooled.setdefault(key, []).extend(row["times"])
+    return {k: float(np.median(v)) for k, v in pooled.items()}
+
+
+def table(med, args):
+    rows = []
+    for dtype in args.dtypes:
+        for n, d in args.sizes:
+            copy = med.get(("fastnn", "copyto", (n, d), dtype))
+            copy_gbs = 2 * n * d * np.dtype(dtype).itemsize / copy / 1e9 if copy else None
+            for op in args.ops:
+                f = med[("fastnn", op, (n, d), dtype)]
+                t = med[("torch", op, (n, d), dtype)]
+                b = op_bytes(op, n, d, dtype)
+                rows.append({
+                    "op": op, "shape": [n, d], "dtype": dtype, "fastnn_s": f, "torch_s": t, "ratio": f / t,
+                    "bytes": b, "fastnn_gb_s": b / f / 1e9 if b else None,
+                    "torch_gb_s": b / t / 1e9 if b else None,
+                    "copyto_gb_s": copy_gbs if b else None,
+                    "fastnn_of_copy": (b / f / 1e9) / copy_gbs if b and copy_gbs else None,
+                })
+    return rows
+
+
+def fmt_time(s):
+    return f"{s * 1e6:.0f} us" if s < 1e-3 else f"{s * 1e3:.2f} ms"
+
+
+def print_table(rows, args):
+    head = (f"{'op':<13} {'shape':>10} {'dtype':>7} {'fastnn':>10} {'torch':>10} {'ratio':>6} "
+            f"{'fastnn GB/s':>11} {'torch GB/s':>10} {'copy GB/s':>9} {'of copy':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        gb = "" if r["bytes"] is None else (
+            f" {r['fastnn_gb_s']:>11.1f} {r['torch_gb_s']:>10.1f} {r['copyto_gb_s']:>9.1f} "
+            f"{100 * r['fastnn_of_copy']:>6.0f}%")
+        print(f"{r['op']:<13} {'x'.join(map(str, r['shape'])):>10} {r['dtype']:>7} {fmt_time(r['fastnn_s']):>10} "
+              f"{fmt_time(r['torch_s']):>10} {r['ratio']:>6.2f}{gb}")
+    slower = sum(r["ratio"] > 1.05 for r in rows)
+    print(f"forward + backward, median of {args.repeats} x {args.rounds} round(s) after {args.warmup} warm-up; "
+          f"ratio = fastnn / torch (PyTorch faster where > 1: {slower} of {len(rows)} beyond 5%); "
+          f"GB/s = bytes the op must move at least / time; threads {args.threads or 'default'}")
+
+
+def parse_list(p, text, allowed, what):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in allowed]
+    if bad or not items:
+        p.error(f"unknown {what} {bad}; choose from {', '.join(allowed)}")
+    return items
+
+
+def parse_sizes(p, text):
+    sizes = []
+    for s in text.split(","):
+        try:
+            n, d = (int(v) for v in s.lower().split("x"))
+        except ValueError:
+            p.error(f"--sizes takes NxD,NxD,... (e.g. 1024x1024), got {s!r}")
+        if n < 2 or d < 2:
+            p.error(f"--sizes: N and D must be at least 2, got {s!r}")
+        sizes.append((n, d))
+    return sizes
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated from {','.join(OPS)} (default: all)")
+    p.add_argument("--sizes", default=",".join(SIZES), help=f"input shapes NxD (default {','.join(SIZES)})")
+    p.add_argument("--dtypes", default=",".join(DTYPES), help="float32,float64 (default both)")
+    p.add_argument("--repeats", type=int, default=25, help="timed repeats per round (default 25)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed repeats first (default 5)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of worker processes (default 2)")
+    p.add_argument("--threads", type=int, default=None, help="threads for both frameworks (default: their own)")
+    p.add_argument("--json", default=os.path.join("results", "vs_torch.json"), help="where to write the results")
+    p.add_argument("--worker", choices=("fastnn", "torch"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.ops = parse_list(p, args.ops, OPS, "op(s)")
+    args.dtypes = parse_list(p, args.dtypes, DTYPES, "dtype(s)")
+    args.sizes = parse_sizes(p, args.sizes)
+    for name in ("repeats", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        p.error("--warmup must be >= 0 and --threads >= 1")
+    if args.worker:
+        print(json.dumps(run_worker(args)))
+        return 0
+    if importlib.util.find_spec("torch") is None:
+        print("PyTorch is not installed: nothing to compare against (pip install torch); skipped.")
+        return 0
+
+    forward = ["--ops", ",".join(args.ops), "--dtypes", ",".join(args.dtypes),
+               "--sizes", ",".join(f"{n}x{d}" for n, d in args.sizes),
+               "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    if args.threads:
+        forward += ["--threads", str(args.threads)]
+    env = clean_environ(args.threads)
+    results = []
+    for rnd in range(args.rounds):
+        for fw in ("fastnn", "torch"):
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", fw] + forward,
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr[-4000:])
+                raise SystemExit(f"{fw} worker failed (exit {proc.returncode})")
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            if fw == "torch" and res["imported_fastnn"] or fw == "fastnn" and res["imported_torch"]:
+                raise SystemExit(f"the {fw} worker imported the other framework: not a clean process")
+            res["round"] = rnd + 1
+            results.append(res)
+            print(f"round {rnd + 1}/{args.rounds} {fw}: done", flush=True)
+    rows = table(combine(results), args)
+    print()
+    print_table(rows, args)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"argv": sys.argv[1:] if argv is None else argv, "repeats": args.repeats,
+                       "rounds": args.rounds, "threads": args.threads, "numpy": np.__version__,
+                       "cpu_count": os.cpu_count(), "rows": rows, "workers": results}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

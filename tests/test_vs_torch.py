@@ -1,0 +1,59 @@
+"""benchmarks/vs_torch.py at toy sizes: both workers run, the table and the
+JSON hold every (op, shape, dtype), and a missing PyTorch is a skip, not an error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "benchmarks", "vs_torch.py")
+
+
+def test_toy_run_writes_every_row(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "vs_torch.json"
+    ops = ["linear", "relu", "gelu", "softmax_xent", "batchnorm", "layernorm", "dropout"]
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--ops", ",".join(ops), "--sizes", "16x8,32x16", "--dtypes", "float32,float64",
+         "--repeats", "2", "--warmup", "1", "--rounds", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio" in proc.stdout and "copy GB/s" in proc.stdout
+    doc = json.loads(out.read_text())
+    rows = {(r["op"], tuple(r["shape"]), r["dtype"]): r for r in doc["rows"]}
+    assert len(rows) == len(ops) * 2 * 2
+    for (op, shape, dtype), r in rows.items():
+        assert r["fastnn_s"] > 0 and r["torch_s"] > 0
+        assert r["ratio"] == pytest.approx(r["fastnn_s"] / r["torch_s"])
+        if op == "linear":  # compute-bound: no bandwidth figure
+            assert r["fastnn_gb_s"] is None
+        else:
+            itemsize = 4 if dtype == "float32" else 8
+            assert r["bytes"] >= 3 * shape[0] * shape[1] * itemsize
+            assert r["fastnn_gb_s"] == pytest.approx(r["bytes"] / r["fastnn_s"] / 1e9)
+            assert r["copyto_gb_s"] > 0
+    workers = doc["workers"]
+    assert [w["framework"] for w in workers] == ["fastnn", "torch", "fastnn", "torch"]
+    for w in workers:  # each framework alone in its process
+        assert not (w["imported_torch"] if w["framework"] == "fastnn" else w["imported_fastnn"])
+        assert all(len(r["times"]) == 2 for r in w["rows"])
+
+
+def test_without_torch_it_says_so_and_exits_0(tmp_path):
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            f"sys.argv = [{SCRIPT!r}, '--json', {str(tmp_path / 'x.json')!r}]; "
+            f"runpy.run_path({SCRIPT!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "PyTorch is not installed" in proc.stdout
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("args, word", [(["--ops", "relu,conv2d"], "conv2d"), (["--sizes", "64"], "--sizes"),
+                                        (["--dtypes", "float16"], "float16"), (["--repeats", "0"], "repeats")])
+def test_bad_arguments_are_argparse_errors(args, word):
+    proc = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and word in proc.stderr, proc.stderr
