@@ -224,7 +224,8 @@ def make_fastnn(backend, args):
     def predict(X):
         return fastnn.predict(model, X).argmax(1)
 
-    info = {"fastnn_file": fastnn.__file__, "threading": fastnn.threading_info()}
+    info = {"fastnn_file": fastnn.__file__, "threading": fastnn.threading_info(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     return train_step, fit_epoch, predict, info
 
 
