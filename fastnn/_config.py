@@ -15,9 +15,10 @@ development machine (docs/design.md has the figures):
   parallel region unless ``OMP_WAIT_POLICY=PASSIVE``, which fought
   OpenBLAS's spinning threads (an epoch 10x slower) and, set by fastnn,
   made PyTorch in the same process 1.9x slower.
-* Kernels below ``PARALLEL_MIN_WORK`` elements run serially in the calling
-  thread: no launch, no wake-up, no contention with BLAS's threads. At the
-  seed network's batch sizes every kernel but the optimizer's is serial.
+* Kernels below ``PARALLEL_MIN_WORK`` elements (2**20 on 2 threads, about
+  2**19 on many; see ``_parallel_min_work``) run serially in the calling
+  thread: no launch, no wake-up, no contention with BLAS's threads. On 2
+  cores every kernel of the seed network's step runs serially.
 
 Overrides, read at ``import fastnn``: ``FASTNN_THREADING_LAYER`` (e.g.
 ``omp``, with your own ``OMP_WAIT_POLICY``), ``NUMBA_THREADING_LAYER``,
@@ -110,10 +111,24 @@ _CACHE = _setup_cache_dir()
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT_FLAGS = dict(cache=_CACHE, fastmath=FASTMATH, error_model="numpy", nogil=True)
 
-# Below this much work (elements, see Kernel) a parallel launch costs more
-# than it saves: a workqueue launch costs about 50 us, and on 2 cores the
-# serial build of ReLU ran as fast as the parallel one up to 2**20 elements.
-PARALLEL_MIN_WORK = int(os.environ.get("FASTNN_PARALLEL_MIN_WORK", 1 << 19))
+# A parallel launch (about 50 us on workqueue) must save more than it costs:
+# with T threads it saves (1 - 1/T) of the serial time, so the work (elements,
+# see Kernel) must reach LAUNCH_WORK * T / (T - 1): 2**20 on 2 threads, where
+# the serial Adam update of the seed network (940k) measured 10% faster per
+# epoch than the parallel one; about 2**19 on 16. One thread: never parallel.
+LAUNCH_WORK = 1 << 19
+_MIN_WORK_ENV = os.environ.get("FASTNN_PARALLEL_MIN_WORK")
+
+
+def _parallel_min_work(threads: int) -> int:
+    if _MIN_WORK_ENV:
+        return int(_MIN_WORK_ENV)
+    if threads <= 1:
+        return 1 << 62
+    return LAUNCH_WORK * threads // (threads - 1)
+
+
+PARALLEL_MIN_WORK = _parallel_min_work(numba.config.NUMBA_NUM_THREADS)
 
 _forked_child = False
 
@@ -264,7 +279,10 @@ def set_num_threads(n: int, blas: bool = True) -> None:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    global PARALLEL_MIN_WORK
+    n_numba = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n_numba)
+    PARALLEL_MIN_WORK = _parallel_min_work(n_numba)
     if blas:
         from threadpoolctl import threadpool_limits
 
