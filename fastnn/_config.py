@@ -1,24 +1,27 @@
 """Numba flags, threading and the serial/parallel kernel wrapper.
 
-A training step alternates BLAS matrix products (OpenBLAS's thread pool)
-with numba kernels (numba's OpenMP pool). Both pools keep all cores, and
-neither may busy-wait while the other works:
+A training step alternates BLAS matrix products (NumPy's OpenBLAS and its
+thread pool) with numba kernels. fastnn changes nothing that other
+libraries in the process read: no ``OMP_WAIT_POLICY``, no
+``OPENBLAS_THREAD_TIMEOUT``, no BLAS thread count (unless the user asks,
+with ``set_num_threads``). Its thread design, measured on the 2-core
+development machine (docs/design.md has the figures):
 
-* ``OMP_WAIT_POLICY=PASSIVE``: GNU OpenMP threads otherwise spin after a
-  parallel region. Measured here, a GEMM followed by a small parallel kernel
-  took 8.6 ms instead of 0.24 ms. Must be set before numba loads OpenMP
-  (the first parallel kernel), which this module does.
-* ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS's idle threads otherwise spin for
-  2**28 cycles after every call, taking the core a numba kernel runs on;
-  with the seed's MNIST step at batch 64 the Adam update took 450 us instead
-  of 150 us. OpenBLAS reads this at load time; when NumPy was imported
-  first, ``_calm_openblas`` re-reads it and restarts OpenBLAS's threads.
-* The threading layer: ``omp`` first (thread-safe, cheapest launch: 7 us
-  against 57 us for ``workqueue``), then ``tbb``, then ``workqueue``.
+* OpenBLAS at its defaults. Telling its idle threads to sleep at once
+  (``OPENBLAS_THREAD_TIMEOUT=4``) made the products themselves 1.4x slower.
+* numba's ``workqueue`` threading layer: numba's own pthreads, which sleep
+  on a condition variable between launches. The ``omp`` layer shares GNU
+  OpenMP with PyTorch (one libgomp per process): its threads spin after a
+  parallel region unless ``OMP_WAIT_POLICY=PASSIVE``, which fought
+  OpenBLAS's spinning threads (an epoch 10x slower) and, set by fastnn,
+  made PyTorch in the same process 1.9x slower.
+* Kernels below ``PARALLEL_MIN_WORK`` elements run serially in the calling
+  thread: no launch, no wake-up, no contention with BLAS's threads. At the
+  seed network's batch sizes every kernel but the optimizer's is serial.
 
-Each can be overridden from the environment before ``import fastnn``
-(``OMP_WAIT_POLICY``, ``OPENBLAS_THREAD_TIMEOUT``, ``FASTNN_THREADING_LAYER``);
-``FASTNN_MANAGE_BLAS=0`` leaves OpenBLAS alone.
+Overrides, read at ``import fastnn``: ``FASTNN_THREADING_LAYER`` (e.g.
+``omp``, with your own ``OMP_WAIT_POLICY``), ``NUMBA_THREADING_LAYER``,
+``FASTNN_PARALLEL_MIN_WORK``, ``FASTNN_NUM_THREADS``.
 """
 
 from __future__ import annotations
@@ -29,51 +32,18 @@ import threading
 import types
 import warnings
 
-OPENBLAS_TIMEOUT = "4"  # 2**4 cycles of spinning, OpenBLAS's minimum
-_MANAGE_BLAS = os.environ.get("FASTNN_MANAGE_BLAS", "1") != "0"
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-if _MANAGE_BLAS:
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", OPENBLAS_TIMEOUT)
+import numba
+import numpy as np
+from numba import njit
+from numba.core import types as nbtypes
+from numba.extending import overload
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
-from numba.core import types as nbtypes  # noqa: E402
-from numba.extending import overload  # noqa: E402
-
-
-
-def _calm_openblas() -> None:
-    """Apply OPENBLAS_THREAD_TIMEOUT to an OpenBLAS that NumPy loaded before
-    fastnn set it: re-read the environment and restart its threads."""
-    import ctypes
-
-    from threadpoolctl import threadpool_info
-
-    want = int(os.environ["OPENBLAS_THREAD_TIMEOUT"])
-    for info in threadpool_info():
-        if info.get("internal_api") != "openblas":
-            continue
-        try:
-            lib = ctypes.CDLL(info["filepath"])
-            current = lib.openblas_thread_timeout()
-            if current == want:
-                continue
-            lib.openblas_read_env()
-            lib.blas_thread_shutdown_()
-            lib.blas_thread_init()
-        except (OSError, AttributeError):  # another build: leave it as it is
-            continue
-
-
-if _MANAGE_BLAS and os.environ.get("OPENBLAS_THREAD_TIMEOUT") == OPENBLAS_TIMEOUT:
-    _calm_openblas()
-
+# numba reads NUMBA_THREADING_LAYER into this setting; "default" means unset.
 _layer = os.environ.get("FASTNN_THREADING_LAYER")
 if _layer:
     numba.config.THREADING_LAYER = _layer
-else:
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+elif numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 def _writable_dir(path: str, private: bool = False) -> bool:
@@ -141,10 +111,9 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT_FLAGS = dict(cache=_CACHE, fastmath=FASTMATH, error_model="numpy", nogil=True)
 
 # Below this much work (elements, see Kernel) a parallel launch costs more
-# than it saves: measured here, the fused bias+ReLU+dropout kernel ran as
-# fast serially as in parallel at 1024 x 256, 1.5x faster in parallel only
-# at 4096 x 256 (waking OpenMP's sleeping threads takes tens of us).
-PARALLEL_MIN_WORK = int(os.environ.get("FASTNN_PARALLEL_MIN_WORK", 1 << 18))
+# than it saves: a workqueue launch costs about 50 us, and on 2 cores the
+# serial build of ReLU ran as fast as the parallel one up to 2**20 elements.
+PARALLEL_MIN_WORK = int(os.environ.get("FASTNN_PARALLEL_MIN_WORK", 1 << 19))
 
 _forked_child = False
 
@@ -288,9 +257,10 @@ def set_num_threads(n: int, blas: bool = True) -> None:
     """Set the thread count of fastnn's parallel kernels and, with ``blas``,
     of NumPy's BLAS (through threadpoolctl) to the same number.
 
-    Both pools default to the number of cores; they can share the cores
-    because of the passive wait policy set above. ``FASTNN_NUM_THREADS``
-    applies this at import.
+    With ``blas`` (the default) this is a process-wide change that every
+    library using NumPy's BLAS sees: it is the user's explicit choice.
+    ``blas=False`` changes only fastnn's (numba's) threads.
+    ``FASTNN_NUM_THREADS`` applies this at import.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -316,7 +286,6 @@ def threading_info() -> dict:
     return {
         "numba_threading_layer": layer,
         "numba_num_threads": numba.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "blas": [
             {k: d.get(k) for k in ("internal_api", "num_threads", "version", "threading_layer")}
             for d in threadpool_info()

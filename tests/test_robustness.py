@@ -308,11 +308,11 @@ def test_spawn_child_trains_in_parallel(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_fork_guard_is_needed(tmp_path):
-    """The control for the test above: with the at-fork hook undone in the
-    child, GNU OpenMP kills it on its first parallel region. If this starts
-    passing cleanly, the guard (and its cost: serial kernels in forked
-    children) may no longer be needed."""
-    proc = _run_script(tmp_path, PROCESS_SRC, "fork", 1)
+    """The control for the test above, on the opt-in ``omp`` layer: with the
+    at-fork hook undone in the child, GNU OpenMP kills it on its first
+    parallel region. If this starts passing cleanly, the guard (and its
+    cost: serial kernels in forked children) may no longer be needed."""
+    proc = _run_script(tmp_path, PROCESS_SRC, "fork", 1, env=_env(FASTNN_THREADING_LAYER="omp"))
     res = _lines(_ok(proc))
     if res["layer"] != "omp":
         pytest.skip(f"threading layer is {res['layer']}, the abort is specific to GNU OpenMP")
