@@ -20,6 +20,15 @@ from .._config import jit_helper, kernel
 from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush
 
 
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+COST = {"batchnorm_forward": (0.8, 2.2), "batchnorm_forward_eval": (0.4, 1.0),
+        "batchnorm_backward": (1.6, 7.9)}
+
+
 @jit_helper
 def _column_sums(s1, s2, a, b, shift, use_b):
     """Per row chunk c: s1[c] = sum(a - shift), s2[c] = sum((a - shift)^2),

@@ -17,6 +17,14 @@ from .._config import kernel, typed
 from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush
 
 
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+COST = {"layernorm_forward": (0.8, 1.6), "layernorm_backward": (1.4, 6.2)}
+
+
 @kernel
 def layernorm_forward(y, mean, rstd, x, gamma, beta, eps):
     """mean, rstd = 1/sqrt(var + eps) per row; y = (x - mean) * rstd * gamma + beta.

@@ -20,6 +20,17 @@ from .._config import jit_helper, kernel, typed
 from ._math import exp_nonpos, max_num
 
 
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+COST = {
+    "softmax_xent_forward_labels": (1.7, 3.4), "softmax_xent_forward_targets": (2.0, 4.0),
+    "softmax_xent_backward_labels": (0.3, 0.8), "softmax_xent_backward_targets": (0.5, 1.2),
+}
+
+
 @jit_helper
 def _softmax_row(p, z):
     """p = softmax(z) for one row; returns logsumexp(z) as float64.
