@@ -17,7 +17,7 @@ import numpy as np
 from numba import prange
 
 from .._config import jit_helper, kernel
-from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush
+from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush, zero
 
 
 # Serial cost per element of each kernel, (float32, float64), in units of
@@ -40,8 +40,10 @@ def _column_sums(s1, s2, a, b, shift, use_b):
     nchunks = s1.shape[0]
     for c in prange(nchunks):
         i0, i1 = chunk_rows(c, n, nchunks)
-        r1 = np.zeros(d, dtype=a.dtype)
-        r2 = np.zeros(d, dtype=a.dtype)
+        r1 = np.empty(d, dtype=a.dtype)
+        r2 = np.empty(d, dtype=a.dtype)
+        zero(r1)
+        zero(r2)
         for i in range(i0, i1):
             if (i - i0) % FLUSH_ROWS == 0 and i > i0:
                 flush(s1[c], r1)
@@ -65,7 +67,9 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     y = (x - mean) * rstd * gamma + beta."""
     n, d = x.shape
     s1, s2 = chunk_partials(n, d)
-    shift = x[0].copy()
+    shift = np.empty(d, dtype=x.dtype)
+    for j in range(d):
+        shift[j] = x[0, j]
     _column_sums(s1, s2, x, x, shift, False)
     t1, t2 = add_partials(s1, s2)
     a = np.empty(d, dtype=x.dtype)

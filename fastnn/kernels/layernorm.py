@@ -14,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from .._config import kernel, typed
-from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush
+from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush, zero
 
 
 # Serial cost per element of each kernel, (float32, float64), in units of
@@ -65,8 +65,10 @@ def layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
     for c in prange(nchunks):
         i0, i1 = chunk_rows(c, n, nchunks)
         # column sums of up to FLUSH_ROWS rows in x's dtype, then into float64
-        ag = np.zeros(d, dtype=x.dtype)
-        ab = np.zeros(d, dtype=x.dtype)
+        ag = np.empty(d, dtype=x.dtype)
+        ab = np.empty(d, dtype=x.dtype)
+        zero(ag)
+        zero(ab)
         for i in range(i0, i1):
             if (i - i0) % FLUSH_ROWS == 0 and i > i0:
                 flush(pg[c], ag)
