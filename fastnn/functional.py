@@ -133,6 +133,12 @@ def _finite(op: str, role: str, **arrays) -> None:
             )
 
 
+def _work(kernels, name, a):
+    """``work=`` for kernel ``name``: a's size weighted by the kernel's cost
+    per element (``COST`` in its module)."""
+    return int(a.size * kernels.COST[name][a.dtype.itemsize > 4])
+
+
 def _new(out, name, shape, dtype):
     if out is None:
         return np.empty(shape, dtype=dtype)
@@ -209,7 +215,7 @@ def activation(name, x, *, alpha=0.01, out=None, backend=None):
         _finite(f"{name}_forward", "received", x=x)
     fwd = name + "_forward"
     if _numba(backend):
-        getattr(K_act, fwd)(y.reshape(-1), x.reshape(-1), *extra, work=x.size)
+        getattr(K_act, fwd)(y.reshape(-1), x.reshape(-1), *extra, work=_work(K_act, fwd, x))
     else:
         getattr(R_act, fwd)(y.reshape(-1), x.reshape(-1), *extra)
     if _finite_maybe and _check_finite:
@@ -229,7 +235,8 @@ def activation_backward(name, dy, saved, *, alpha=0.01, out=None, backend=None):
         _finite(f"{name}_backward", "received", dy=dy)
     bwd = name + "_backward"
     if _numba(backend):
-        getattr(K_act, bwd)(dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), *extra, work=dy.size)
+        getattr(K_act, bwd)(dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), *extra,
+                            work=_work(K_act, bwd, dy))
     else:
         getattr(R_act, bwd)(dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), *extra)
     if _finite_maybe and _check_finite:
@@ -284,7 +291,7 @@ def softmax_xent(logits, target, *, probs=None, losses=None, backend=None):
     if _finite_maybe and _check_finite:
         _finite("softmax_xent_forward", "received", logits=logits)
     if numba_:
-        fwd(probs, losses, logits, target, work=logits.size)
+        fwd(probs, losses, logits, target, work=_work(K_xent, fwd.__name__, logits))
     else:
         fwd(probs, losses, logits, target)
     loss = float(losses.sum(dtype=np.float64)) / n  # .mean() costs 3 us more
@@ -314,7 +321,7 @@ def _softmax_xent_backward(probs, target, d, backend):
     if _finite_maybe and _check_finite:
         _finite("softmax_xent_backward", "received", probs=probs)
     if numba_:
-        bwd(d, probs, target, work=probs.size)
+        bwd(d, probs, target, work=_work(K_xent, bwd.__name__, probs))
     else:
         bwd(d, probs, target)
     return d
@@ -463,7 +470,8 @@ def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, run
         _finite("batchnorm_forward", "received", x=x)
     if not training:
         if numba_:
-            K_bn.batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps, work=x.size)
+            K_bn.batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps,
+                                        work=_work(K_bn, "batchnorm_forward_eval", x))
         else:
             R_bn.batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps)
         mean = rstd = None
@@ -477,7 +485,8 @@ def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, run
         var = np.empty(d, x.dtype)
         rstd = np.empty(d, x.dtype)
         if numba_:
-            K_bn.batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps, work=x.size)
+            K_bn.batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps,
+                                   work=_work(K_bn, "batchnorm_forward", x))
         else:
             R_bn.batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps)
         if running_mean is not None:
@@ -509,7 +518,8 @@ def batchnorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     if _finite_maybe and _check_finite:
         _finite("batchnorm_backward", "received", dy=dy)
     if _numba(backend):
-        K_bn.batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, work=x.size)
+        K_bn.batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma,
+                                work=_work(K_bn, "batchnorm_backward", x))
     else:
         R_bn.batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma)
     if _finite_maybe and _check_finite:
@@ -534,7 +544,8 @@ def layernorm(x, gamma, beta, *, eps=1e-5, out=None, backend=None):
     if _finite_maybe and _check_finite:
         _finite("layernorm_forward", "received", x=x)
     if _numba(backend):
-        K_ln.layernorm_forward(y.reshape(-1, d), mean, rstd, x2, gamma, beta, eps, work=x.size)
+        K_ln.layernorm_forward(y.reshape(-1, d), mean, rstd, x2, gamma, beta, eps,
+                             work=_work(K_ln, "layernorm_forward", x))
     else:
         R_ln.layernorm_forward(y.reshape(-1, d), mean, rstd, x2, gamma, beta, eps)
     if _finite_maybe and _check_finite:
@@ -563,7 +574,7 @@ def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     if _finite_maybe and _check_finite:
         _finite("layernorm_backward", "received", dy=dy)
     if _numba(backend):
-        K_ln.layernorm_backward(*args, work=x.size)
+        K_ln.layernorm_backward(*args, work=_work(K_ln, "layernorm_backward", x))
     else:
         R_ln.layernorm_backward(*args)
     if _finite_maybe and _check_finite:
@@ -598,7 +609,7 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
             K_drop.dropout_threshold(p), 1.0 / (1.0 - p),
             int(row_offset) * (x.size // x.shape[0] if x.ndim and x.shape[0] else 1))
     if _numba(backend):
-        K_drop.dropout_forward(*args, work=x.size)
+        K_drop.dropout_forward(*args, work=_work(K_drop, "dropout_forward", x))
     else:
         R_drop.dropout_forward(*args)
     return y, mask
@@ -620,7 +631,7 @@ def dropout_backward(dy, mask, p, *, out=None, backend=None):
     dx = _new(out, "out", dy.shape, dy.dtype)
     args = (dx.reshape(-1), dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p))
     if _numba(backend):
-        K_drop.dropout_backward(*args, work=dy.size)
+        K_drop.dropout_backward(*args, work=_work(K_drop, "dropout_backward", dy))
     else:
         R_drop.dropout_backward(*args)
     return dx

@@ -168,3 +168,14 @@ def test_non_contiguous_input_works(name):
     for backend in ("numba", "numpy"):
         np.testing.assert_allclose(F.activation(name, x, backend=backend),
                                    F.activation(name, np.ascontiguousarray(x), backend=backend))
+
+
+def test_every_kernel_has_a_cost():
+    """functional weights each kernel's work= by its module's COST table."""
+    from fastnn._config import Kernel
+    from fastnn.kernels import batchnorm, dropout, layernorm, softmax_xent
+
+    for mod in (K, batchnorm, dropout, layernorm, softmax_xent):
+        kernels = {name for name, v in vars(mod).items() if isinstance(v, Kernel)}
+        assert kernels == set(mod.COST), mod.__name__
+        assert all(len(c) == 2 and min(c) > 0 for c in mod.COST.values())

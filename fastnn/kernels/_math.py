@@ -1,14 +1,17 @@
-"""Vectorisable float32 exp and tanh for use inside kernels.
+"""Vectorisable exp and tanh (float32 and float64) for use inside kernels.
 
-numba lowers float32 ``np.exp``/``np.tanh`` to scalar libm calls that stop
-LLVM from vectorising the loop around them: measured on 1M elements, 10 ms
-for exp and 63 ms for tanh, against 0.7 ms for the forms below (NumPy's own
-SIMD versions: 3.4 ms and 8.3 ms). float64 keeps ``np.exp``/``np.tanh``.
-Maximum relative error, measured against float64: 3e-7 for both.
+numba lowers ``np.exp``/``np.tanh`` to scalar libm calls that stop LLVM
+from vectorising the loop around them: measured on 1M float32 elements,
+10 ms for exp and 63 ms for tanh, against 0.7 ms for the forms below
+(NumPy's own SIMD versions: 3.4 ms and 8.3 ms); in float64, a GELU forward
+of 1M elements took 17.7 ms with ``np.tanh`` (PyTorch: 4.3 ms).
+Maximum relative error: float32 3e-7 (against float64), float64 a few ulp
+(Cephes' rational forms, against ``math.exp``/``math.tanh``).
 """
 
 import numpy as np
 from llvmlite import ir
+from numba.core import cgutils
 from numba.core import types as nbtypes
 from numba.extending import intrinsic, overload
 
@@ -20,6 +23,35 @@ def _f32_from_bits(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    """Reinterpret an int64 as float64 (for building 2**n)."""
+    sig = nbtypes.float64(nbtypes.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
+def max_num(typingctx, a, b):
+    """max(a, b) as LLVM's maxnum (a NaN operand yields the other): a max
+    reduction written with it vectorises, one with ``>`` or ``max`` does not
+    (a row max of 1024x1024 float32: 142 us against 538 us)."""
+    if a != b or not isinstance(a, nbtypes.Float):
+        return None
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        name = "llvm.maxnum.f32" if isinstance(ty, ir.FloatType) else "llvm.maxnum.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty]), name)
+        return builder.call(fn, args)
 
     return sig, codegen
 
@@ -39,8 +71,32 @@ def exp_nonpos(v):
     return np.exp(v)
 
 
+# Cephes exp: exp(x) = 2**n * exp(r), |r| <= ln(2)/2, exp(r) = 1 + 2 r P / (Q - r P).
+_LN2_HI64 = 6.93145751953125e-1
+_LN2_LO64 = 1.42860682030941723212e-6
+_EP0, _EP1, _EP2 = 1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1
+_EQ0, _EQ1, _EQ2, _EQ3 = (3.00198505138664455042e-6, 2.52448340349684104192e-3,
+                          2.27265548208155028766e-1, 2.00000000000000000009e0)
+_EXP_LO64 = -708.0  # 2**n stays a normal number (n >= -1022); below: 0
+
+
 @overload(exp_nonpos)
 def _exp_nonpos_overload(v):
+    if v == nbtypes.float64:
+        def exp64(v):
+            c = max(v, _EXP_LO64)
+            n = np.floor(c * 1.4426950408889634 + 0.5)
+            r = c - n * _LN2_HI64 - n * _LN2_LO64
+            rr = r * r
+            px = r * ((_EP0 * rr + _EP1) * rr + _EP2)
+            q = ((_EQ0 * rr + _EQ1) * rr + _EQ2) * rr + _EQ3
+            p = 1.0 + 2.0 * (px / (q - px))
+            p = p * _f64_from_bits(np.int64((np.int64(n) + np.int64(1023)) << np.int64(52)))
+            if v >= _EXP_LO64:
+                return p
+            return 0.0 if v < _EXP_LO64 else v  # the last case: NaN
+
+        return exp64
     if v != nbtypes.float32:
         return lambda v: np.exp(v)
 
@@ -70,8 +126,24 @@ def tanh_value(v):
     return np.tanh(v)
 
 
+# Cephes tanh, |x| < 0.625: x + x^3 P(x^2) / Q(x^2); beyond, (1 - e) / (1 + e), e = exp(-2|x|).
+_TP0, _TP1, _TP2 = -9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3
+_TQ0, _TQ1, _TQ2 = 1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3
+
+
 @overload(tanh_value)
 def _tanh_value_overload(v):
+    if v == nbtypes.float64:
+        def tanh64(v):
+            a = np.abs(v)
+            e = exp_nonpos(-2.0 * a)
+            big = (1.0 - e) / (1.0 + e)
+            big = big if v >= 0.0 else -big  # NaN: stays NaN
+            z = v * v
+            small = v + v * z * (((_TP0 * z + _TP1) * z + _TP2) / (((z + _TQ0) * z + _TQ1) * z + _TQ2))
+            return small if a < 0.625 else big
+
+        return tanh64
     if v != nbtypes.float32:
         return lambda v: np.tanh(v)
 

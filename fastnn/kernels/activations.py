@@ -137,6 +137,21 @@ def silu_grad(v, alpha):
     return s * (one + v * (one - s))
 
 
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+COST = {
+    "relu_forward": (0.4, 1.5), "relu_backward": (0.6, 2.5),
+    "leaky_relu_forward": (0.4, 1.0), "leaky_relu_backward": (0.6, 2.2),
+    "sigmoid_forward": (1.2, 3.1), "sigmoid_backward": (0.6, 2.0),
+    "tanh_forward": (1.0, 4.8), "tanh_backward": (0.6, 1.9),
+    "gelu_forward": (1.6, 6.5), "gelu_backward": (1.9, 6.9),
+    "silu_forward": (1.2, 3.2), "silu_backward": (1.4, 3.7),
+}
+
+
 @kernel
 def relu_forward(y, x):
     """y = max(x, 0)."""

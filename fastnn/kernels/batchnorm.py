@@ -6,9 +6,10 @@ mean and biased variance and saves ``mean: (D,)`` and ``rstd: (D,)``
 by the caller (``functional.batchnorm``). Eval mode uses the running ones.
 
 Column sums walk the rows in order (contiguous, vectorised), in fixed row
-chunks with float64 partials added in chunk order (``_reduce``): the result
-does not depend on the thread count. The variance is E[(x - m0)^2] - (mean - m0)^2
-around the first row m0, in float64: one pass over x, and no cancellation
+chunks (runs of ``FLUSH_ROWS`` rows in x's dtype, flushed into float64
+partials, added in chunk order: ``_reduce``): the result does not depend
+on the thread count. The variance is E[(x - m0)^2] - (mean - m0)^2 around
+the first row m0, finished in float64: one pass over x, and no cancellation
 when the mean is large against the spread. Gradients are overwritten.
 """
 
@@ -16,27 +17,50 @@ import numpy as np
 from numba import prange
 
 from .._config import jit_helper, kernel
-from ._reduce import add_partials, chunk_partials, chunk_rows
+from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush, zero
+
+
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+# The training kernels launch twice (statistics, then the rows): their
+# costs are halved, so they go parallel at twice the serial time.
+COST = {"batchnorm_forward": (0.4, 1.1), "batchnorm_forward_eval": (0.4, 1.0),
+        "batchnorm_backward": (0.8, 4.0)}
 
 
 @jit_helper
 def _column_sums(s1, s2, a, b, shift, use_b):
     """Per row chunk c: s1[c] = sum(a - shift), s2[c] = sum((a - shift)^2),
-    or with use_b: s1[c] = sum(a), s2[c] = sum(a * (b - shift))."""
+    or with use_b: s1[c] = sum(a), s2[c] = sum(a * (b - shift)).
+    Runs of FLUSH_ROWS rows are summed in a's dtype, then added into the
+    float64 partials (float64 read-modify-writes per element made the
+    float32 forward 1.3x slower)."""
     n, d = a.shape
     nchunks = s1.shape[0]
     for c in prange(nchunks):
         i0, i1 = chunk_rows(c, n, nchunks)
+        r1 = np.empty(d, dtype=a.dtype)
+        r2 = np.empty(d, dtype=a.dtype)
+        zero(r1)
+        zero(r2)
         for i in range(i0, i1):
+            if (i - i0) % FLUSH_ROWS == 0 and i > i0:
+                flush(s1[c], r1)
+                flush(s2[c], r2)
             if use_b:
                 for j in range(d):
-                    s1[c, j] += a[i, j]
-                    s2[c, j] += a[i, j] * (b[i, j] - shift[j])
+                    r1[j] += a[i, j]
+                    r2[j] += a[i, j] * (b[i, j] - shift[j])
             else:
                 for j in range(d):
                     t = a[i, j] - shift[j]
-                    s1[c, j] += t
-                    s2[c, j] += t * t
+                    r1[j] += t
+                    r2[j] += t * t
+        flush(s1[c], r1)
+        flush(s2[c], r2)
 
 
 @kernel
@@ -45,7 +69,9 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     y = (x - mean) * rstd * gamma + beta."""
     n, d = x.shape
     s1, s2 = chunk_partials(n, d)
-    shift = x[0].astype(np.float64)
+    shift = np.empty(d, dtype=x.dtype)
+    for j in range(d):
+        shift[j] = x[0, j]
     _column_sums(s1, s2, x, x, shift, False)
     t1, t2 = add_partials(s1, s2)
     a = np.empty(d, dtype=x.dtype)
@@ -87,8 +113,7 @@ def batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
     dx = gamma * rstd / N * (N dy - dbeta - xhat * dgamma), xhat = (x - mean) * rstd."""
     n, d = x.shape
     s1, s2 = chunk_partials(n, d)
-    m64 = mean.astype(np.float64)
-    _column_sums(s1, s2, dy, x, m64, True)
+    _column_sums(s1, s2, dy, x, mean, True)
     t1, t2 = add_partials(s1, s2)
     # dx = k1 * dy - k0 - (x - mean) * k2, per column
     k0 = np.empty(d, dtype=x.dtype)

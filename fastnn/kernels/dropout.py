@@ -31,6 +31,14 @@ UNIFORM_BITS = 24
 CHUNK = 4096  # elements per parallel task in the 1-D kernels
 
 
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+COST = {"dropout_forward": (1.4, 1.4), "dropout_backward": (0.5, 1.0)}
+
+
 def dropout_threshold(p: float) -> int:
     """The 24-bit integer below which an element is dropped."""
     return int(round(p * (1 << UNIFORM_BITS)))

@@ -2,64 +2,97 @@
 
 ``x: (N, D)`` (``functional`` flattens leading axes into ``N``),
 ``gamma, beta: (D,)``, saved for the backward: ``mean, rstd: (N,)``.
-Row statistics are accumulated in float64. The parameter gradients sum
-over rows, in fixed row chunks with float64 partials added in chunk order
-(``_reduce``), so the result does not depend on the thread count. Gradients are overwritten.
+Row statistics and the backward's row dot products are accumulated in
+float64. The parameter gradients sum over rows, in fixed row chunks
+(runs of ``FLUSH_ROWS`` rows in x's dtype, flushed into float64 partials,
+added in chunk order: ``_reduce``), so the result does not depend on the
+thread count. Gradients are overwritten. Each kernel reads a row twice
+while it is in L1 and the rest of memory once.
 """
 
 import numpy as np
 from numba import prange
 
-from .._config import kernel
-from ._reduce import add_partials, chunk_partials, chunk_rows
+from .._config import kernel, typed
+from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush, zero
+
+
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+COST = {"layernorm_forward": (0.8, 1.6), "layernorm_backward": (1.4, 6.2)}
 
 
 @kernel
 def layernorm_forward(y, mean, rstd, x, gamma, beta, eps):
-    """mean, rstd = 1/sqrt(var + eps) per row; y = (x - mean) * rstd * gamma + beta."""
+    """mean, rstd = 1/sqrt(var + eps) per row; y = (x - mean) * rstd * gamma + beta.
+
+    One pass for the statistics: sums of (x - x[i, 0]) and its square in
+    float64 (the shift keeps a large mean from cancelling the variance),
+    then one pass writing y in x's dtype."""
     n, d = x.shape
     for i in prange(n):
-        s = 0.0
+        x0 = np.float64(x[i, 0])
+        s1 = 0.0
+        s2 = 0.0
         for j in range(d):
-            s += x[i, j]
-        m = s / d
-        q = 0.0
-        for j in range(d):
-            t = x[i, j] - m
-            q += t * t
-        r = 1.0 / np.sqrt(q / d + eps)
-        mean[i] = m
+            t = x[i, j] - x0
+            s1 += t
+            s2 += t * t
+        dm = s1 / d
+        var = max(s2 / d - dm * dm, 0.0)
+        r = 1.0 / np.sqrt(var + eps)
+        mean[i] = x0 + dm
         rstd[i] = r
+        m = mean[i]
+        rt = rstd[i]
         for j in range(d):
-            y[i, j] = (x[i, j] - m) * r * gamma[j] + beta[j]
+            y[i, j] = (x[i, j] - m) * rt * gamma[j] + beta[j]
 
 
 @kernel
 def layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
     """dgamma = sum_rows(dy * xhat), dbeta = sum_rows(dy),
-    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma."""
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
+
+    Per row: one pass for the two dot products (float64), one pass that
+    writes dx and adds the row into the chunk's partial column sums."""
     n, d = x.shape
     pg, pb = chunk_partials(n, d)
     nchunks = pg.shape[0]
     for c in prange(nchunks):
         i0, i1 = chunk_rows(c, n, nchunks)
+        # column sums of up to FLUSH_ROWS rows in x's dtype, then into float64
+        ag = np.empty(d, dtype=x.dtype)
+        ab = np.empty(d, dtype=x.dtype)
+        zero(ag)
+        zero(ab)
         for i in range(i0, i1):
+            if (i - i0) % FLUSH_ROWS == 0 and i > i0:
+                flush(pg[c], ag)
+                flush(pb[c], ab)
             m = mean[i]
             r = rstd[i]
             s1 = 0.0
             s2 = 0.0
             for j in range(d):
-                xhat = (x[i, j] - m) * r
                 g = dy[i, j] * gamma[j]
                 s1 += g
-                s2 += g * xhat
-                pg[c, j] += dy[i, j] * xhat
-                pb[c, j] += dy[i, j]
-            s1 /= d
-            s2 /= d
+                s2 += g * (x[i, j] - m)
+            r64 = np.float64(r)
+            # dx = k1 * g - k0 - (x - mean) * k2
+            k0 = typed(dx, r64 * s1 / d)
+            k2 = typed(dx, r64 * r64 * r64 * s2 / d)
             for j in range(d):
-                xhat = (x[i, j] - m) * r
-                dx[i, j] = r * (dy[i, j] * gamma[j] - s1 - xhat * s2)
+                dyv = dy[i, j]
+                t = x[i, j] - m
+                dx[i, j] = r * dyv * gamma[j] - k0 - t * k2
+                ag[j] += dyv * (t * r)
+                ab[j] += dyv
+        flush(pg[c], ag)
+        flush(pb[c], ab)
     sg, sb = add_partials(pg, pb)
     for j in range(d):
         dgamma[j] = sg[j]

@@ -17,17 +17,31 @@ import numpy as np
 from numba import prange
 
 from .._config import jit_helper, kernel, typed
-from ._math import exp_nonpos
+from ._math import exp_nonpos, max_num
+
+
+# Serial cost per element of each kernel, (float32, float64), in units of
+# 0.25 ns (measured one thread, 1024x1024, benchmarks/vs_torch.py's machine):
+# ``functional`` passes ``work = size * cost``, so every kernel goes
+# parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
+# against a ~50 us launch) instead of at the same element count.
+COST = {
+    "softmax_xent_forward_labels": (1.7, 3.4), "softmax_xent_forward_targets": (2.0, 4.0),
+    "softmax_xent_backward_labels": (0.3, 0.8), "softmax_xent_backward_targets": (0.5, 1.2),
+}
 
 
 @jit_helper
 def _softmax_row(p, z):
-    """p = softmax(z) for one row; returns logsumexp(z) as float64."""
+    """p = softmax(z) for one row; returns logsumexp(z) as float64.
+
+    Three vectorised passes over a row that stays in L1: max, exp and its
+    sum (in z's dtype: float64 accumulation cost a third more in float32;
+    the vector lanes keep each partial sum short), scale."""
     m = z[0]
     for j in range(1, z.shape[0]):
-        if z[j] > m:
-            m = z[j]
-    s = 0.0
+        m = max_num(m, z[j])
+    s = typed(z, 0.0)
     for j in range(z.shape[0]):
         e = exp_nonpos(z[j] - m)
         p[j] = e
@@ -35,7 +49,7 @@ def _softmax_row(p, z):
     inv = typed(p, 1.0 / s)
     for j in range(z.shape[0]):
         p[j] *= inv
-    return m + np.log(s)
+    return np.float64(m) + np.log(np.float64(s))
 
 
 @kernel
