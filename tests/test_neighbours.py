@@ -115,26 +115,33 @@ def time_pairs(body, pairs):
     return clean, disturbed
 
 
-def assert_within(body, limit, pairs):
-    """Both ways: a process-wide setting that makes a neighbour faster on one
-    machine (a passive wait policy under heavy load) makes it slower on another."""
+def assert_within(body, limit, pairs, both_ways=True):
+    """Both ways by default: a process-wide setting that makes a neighbour
+    faster on one machine (a passive wait policy under heavy load) makes it
+    slower on another. ``both_ways=False`` checks only for a slowdown."""
+    lower = 1 / limit if both_ways else 0.0
+
     def ratio():
         return float(np.median(disturbed) / np.median(clean))
 
     clean, disturbed = time_pairs(body, pairs)
-    if not 1 / limit <= ratio() <= limit:  # a second set: decide on all pairs, not on the better set
+    if not lower <= ratio() <= limit:  # a second set: decide on all pairs, not on the better set
         more_clean, more_disturbed = time_pairs(body, pairs)
         clean += more_clean
         disturbed += more_disturbed
-    assert 1 / limit <= ratio() <= limit, (
-        f"after import fastnn and training with it: {ratio():.2f}x the clean time (limit {limit}x either way); "
-        f"clean {clean}, after fastnn {disturbed}")
+    assert lower <= ratio() <= limit, (
+        f"after import fastnn and training with it: {ratio():.2f}x the clean time (limit {limit}x"
+        f"{' either way' if both_ways else ''}); clean {clean}, after fastnn {disturbed}")
 
 
 @pytest.mark.slow
 def test_torch_training_loop_beside_fastnn_is_as_fast_as_clean():
     pytest.importorskip("torch")
-    assert_within(TORCH_LOOP, 1.10, pairs=3)
+    # Slower only: on an idle machine PyTorch's loop ran faster after any large
+    # NumPy work in the process, fastnn or not (1.5 ms a step against 2.2-6.6 ms
+    # clean, one run), an effect of the process's memory state, not of a
+    # setting; the settings themselves are checked by the environment test below.
+    assert_within(TORCH_LOOP, 1.10, pairs=3, both_ways=False)
 
 
 @pytest.mark.slow
