@@ -515,7 +515,8 @@ def main(argv=None):
                    help="chart of the spread (needs matplotlib; '' for none)")
     p.add_argument("--show-contention", action="store_true",
                    help="also run numba-loop with spinning OpenMP threads and every kernel parallel "
-                        "(OMP_WAIT_POLICY=ACTIVE, FASTNN_PARALLEL_MIN_WORK=0), to show the thread-pool fight")
+                        "(FASTNN_THREADING_LAYER=omp, OMP_WAIT_POLICY=ACTIVE, FASTNN_PARALLEL_MIN_WORK=0), to show "
+                        "the thread-pool fight that fastnn's defaults avoid")
     p.add_argument("--worker", choices=BACKENDS + ("numba-unmanaged",), help=argparse.SUPPRESS)
     p.add_argument("--prepare", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -567,7 +568,7 @@ def main(argv=None):
             for b in backends:
                 wenv = dict(env)
                 if b == "numba-unmanaged":
-                    wenv.update(OMP_WAIT_POLICY="ACTIVE", FASTNN_PARALLEL_MIN_WORK="0")
+                    wenv.update(FASTNN_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE", FASTNN_PARALLEL_MIN_WORK="0")
                 if b == "jax" and args.threads:
                     if args.threads == 1:
                         wenv["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"

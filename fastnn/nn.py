@@ -199,6 +199,12 @@ class Module:
     def backward(self, dout):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def modules(self):
+        """This module and every module inside it, depth first (as PyTorch's)."""
+        yield self
+        for _, child in self._children():
+            yield from child.modules()
+
     def named_parameters(self, prefix: str = ""):
         for name, p in self._named_params():
             yield prefix + name, p
@@ -908,9 +914,8 @@ class Sequential(Module):
         return f"Sequential([\n{inner}\n])"
 
 
-_EMPTY2 = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
-_EMPTY2_U8 = np.empty((0, 0), np.uint8)
-_ZERO_U64 = np.uint64(0)
+# The fused block's "nothing saved" arguments, shared with the eval fast path.
+_EMPTY2, _EMPTY2_U8, _ZERO_U64 = _inference._EMPTY2, _inference._EMPTY2_U8, _inference._ZERO_U64
 
 
 # ---------------------------------------------------------------- other losses

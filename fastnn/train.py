@@ -383,7 +383,7 @@ def _float_buffers(model) -> list:
 
 
 def _min_train_batch(model) -> int:
-    return max([getattr(m, "min_train_batch", 1) for m in _modules(model)] or [1])
+    return max([getattr(m, "min_train_batch", 1) for m in model.modules()] or [1])
 
 
 def _split(X, y, validation_split):
@@ -823,16 +823,10 @@ def overfit_single_batch(model, loss_fn, X, y, steps=100, lr=1e-2, optimizer=Non
     return evaluate(model, loss_fn, X, y, batch_size=len(X))[0]
 
 
-def _modules(m):
-    yield m
-    for _, child in m._children():
-        yield from _modules(child)
-
-
 def _float64_copy(module):
     """A deep copy of ``module`` with every parameter and float buffer in float64."""
     m = copy.deepcopy(module)
-    for mod in _modules(m):
+    for mod in m.modules():
         for name, p in list(mod._named_params()):
             setattr(mod, name, nn.Parameter(np.asarray(p, dtype=np.float64)))
         for name, b in list(mod._named_buffers()):
@@ -880,7 +874,7 @@ def gradcheck(module, x, y=None, loss_fn=None, *, eps=1e-5, max_checks=20, floor
             y = y.astype(np.float64)
     # Mixed with a constant so that r never equals an x drawn from the same seed.
     rng = np.random.default_rng([seed, 0x67726164])
-    drops = [d for d in _modules(m) if isinstance(d, nn.Dropout)]
+    drops = [d for d in m.modules() if isinstance(d, nn.Dropout)]
     steps0 = [d.step for d in drops]
     r = None
 
