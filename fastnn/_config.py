@@ -241,6 +241,17 @@ class Kernel:
         return f"<fastnn kernel {self.__name__}>"
 
 
+# Functions that only orchestrate kernels (kernels/step.py): no fastmath, so
+# that the little arithmetic they do rounds as NumPy's would.
+STEP_FLAGS = dict(cache=_CACHE, error_model="numpy", nogil=True)
+
+
+def compiled(fn):
+    """Decorator: ``njit`` with STEP_FLAGS, serial, cached under a name that
+    changes with the kernel files it calls (see ``_source_tag``)."""
+    return njit(**STEP_FLAGS)(_renamed(fn, _source_tag(fn.__code__.co_filename)))
+
+
 def kernel(fn) -> Kernel:
     """Decorator: compile ``fn`` as a :class:`Kernel`."""
     return Kernel(fn)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _step
 from . import _validate as V
 from . import callbacks as _cb
 from . import distributed as _distributed
@@ -660,11 +661,21 @@ class _EpochLoop:
         m = min(batch_size, n)
         self.xbuf = np.empty((m,) + X.shape[1:], X.dtype)
         self.ybuf = np.empty((m,) + y.shape[1:], y.dtype)
+        # The compiled step (fastnn/_step.py) where it applies; else layer by layer.
+        self.program = None
+        if dp is None and isinstance(model, nn.Sequential) and y.ndim == 1 and y.dtype.kind in "iu":
+            program = _step.SequentialProgram.build(model, loss_fn, X)
+            if program is not None and program.serial_at(m):
+                self.program = program
+                program.forget_caches(model)
+                if y.dtype != np.int64:  # the program's label buffers (validated labels)
+                    self.y = y.astype(np.int64)
 
     def run(self, epoch):
         """Train one epoch; returns (logs, the open progress bar or None)."""
         model, loss_fn, optimizer, X, y = self.model, self.loss_fn, self.optimizer, self.X, self.y
         bs, n, guard, metrics, back_kw = self.batch_size, self.n_used, self.guard, self.metrics, self.back_kw
+        program = self.program
         order = np.random.default_rng([self.seed, epoch]).permutation(len(X)) if self.shuffle else None
         bar = self.bar_cls(total=self.n_batches, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="batch",
                            leave=True, file=sys.stdout, dynamic_ncols=True) if self.bar_cls else None
@@ -676,26 +687,40 @@ class _EpochLoop:
                 e = min(s + bs, len(X))
                 if self.dp is not None:  # this rank's rows of the global batch
                     s, e = self.dp.share(s, e)
-                if order is None:
+                if program is not None:
+                    xb, yb = program.batch(e - s)
+                    if order is None:
+                        np.copyto(xb, X[s:e])
+                        np.copyto(yb, y[s:e])
+                elif order is None:
                     xb, yb = X[s:e], y[s:e]
                 else:
-                    idx = order[s:e]
                     xb, yb = self.xbuf[:e - s], self.ybuf[:e - s]
+                if order is not None:
+                    idx = order[s:e]
                     np.take(X, idx, axis=0, out=xb, mode="clip")
                     np.take(y, idx, axis=0, out=yb, mode="clip")
                 for cb in self.begin_hooks:
                     cb.on_batch_begin(step, {"size": e - s})
                 for live, saved in guard:
                     np.copyto(saved, live)
-                out = model.forward(xb, training=True)
-                loss = loss_fn.forward(out, yb)
-                if not math.isfinite(loss):
+                if program is not None:
+                    finite = program.forward(e - s)
+                    loss, out = program.loss(), program.logits()
+                else:
+                    out = model.forward(xb, training=True)
+                    loss = loss_fn.forward(out, yb)
+                    finite = True
+                if not (finite and math.isfinite(loss)):
                     for live, saved in guard:
                         np.copyto(live, saved)
                     raise NonFiniteLossError(loss, epoch + 1, step + 1, unchanged=True)
                 for k, (_, fn) in enumerate(metrics):
                     sums[k] += fn(out, yb) * (e - s)
-                model.backward(loss_fn.backward(), **back_kw)
+                if program is not None:
+                    program.backward()
+                else:
+                    model.backward(loss_fn.backward(), **back_kw)
                 if self.dp is not None:
                     self.dp.average_gradients()
                 if self.clip is not None:

@@ -1,0 +1,84 @@
+"""Find NumPy's own cblas_sgemm / cblas_dgemm, for kernels that multiply
+matrices from inside numba (``fastnn.kernels._blas``).
+
+NumPy links one BLAS (OpenBLAS in the PyPI wheels, MKL in some builds);
+threadpoolctl names its file. The symbols looked up, in order:
+``scipy_cblas_?gemm64_`` (NumPy >= 2 wheels, 64-bit integers),
+``cblas_?gemm64_`` (NumPy 1.x wheels, 64-bit) and ``cblas_?gemm`` (MKL,
+32-bit). Each candidate must reproduce ``np.matmul`` on a small product
+(bit for bit: the same library) before it is used; anything else leaves
+``FUNCTIONS`` None, and callers keep NumPy's matmul.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+_CANDIDATES = (("scipy_cblas_{}gemm64_", True), ("cblas_{}gemm64_", True), ("cblas_{}gemm", False))
+
+
+def _blas_files() -> list:
+    """BLAS libraries in this process, NumPy's first."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - a dependency
+        return []
+    infos = [d for d in threadpool_info() if d.get("user_api") == "blas"]
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    infos.sort(key=lambda d: not os.path.realpath(d.get("filepath", "")).startswith(numpy_dir))
+    return [(d.get("filepath"), d.get("internal_api")) for d in infos if d.get("filepath")]
+
+
+def _self_test(sgemm: int, dgemm: int, wide: bool) -> bool:
+    from .kernels._blas import gemm_any
+
+    rng = np.random.default_rng(0)
+    for dt, fn in ((np.float32, sgemm), (np.float64, dgemm)):
+        A = rng.standard_normal((7, 5)).astype(dt)
+        B = rng.standard_normal((3, 5)).astype(dt)
+        C = np.empty((7, 3), dt)
+        gemm_any(fn, wide, C, A, B, False, True)
+        if not np.array_equal(C, np.matmul(A, B.T)):
+            return False
+    return True
+
+
+def _find():
+    if os.environ.get("FASTNN_NUMBA_BLAS", "1") == "0":
+        return None
+    for path, api in _blas_files():
+        if api not in ("openblas", "mkl"):
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for pattern, wide in _CANDIDATES:
+            try:
+                s = getattr(lib, pattern.format("s"))
+                d = getattr(lib, pattern.format("d"))
+            except AttributeError:
+                continue
+            addrs = (ctypes.cast(s, ctypes.c_void_p).value, ctypes.cast(d, ctypes.c_void_p).value)
+            if _self_test(*addrs, wide):
+                return addrs + (wide,)
+    return None
+
+
+_found = False
+FUNCTIONS = None
+
+
+def functions():
+    """(sgemm address, dgemm address, wide) or None; looked up once."""
+    global _found, FUNCTIONS
+    if not _found:
+        _found = True
+        try:
+            FUNCTIONS = _find()
+        except Exception:  # noqa: BLE001 - any failure means: use np.matmul
+            FUNCTIONS = None
+    return FUNCTIONS

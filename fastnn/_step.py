@@ -1,0 +1,294 @@
+"""The compiled training step of a Sequential (``kernels/step.py``), as ``fit`` uses it.
+
+``SequentialProgram.build(model, loss_fn, X)`` describes the model's fused
+blocks as the tables and array tuples of ``kernels.step`` once per ``fit``
+call, or returns None (``why_not`` says why) where the layer-by-layer path
+must run instead:
+
+* a layer other than Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU,
+  Dropout, BatchNorm (not synchronised) and LayerNorm (exact types: a
+  subclass may change what forward does), or a loss other than
+  SoftmaxCrossEntropy on class labels;
+* mixed dtypes, non-contiguous arrays, widths that do not chain;
+* the NumPy backend, finite checks on, no usable BLAS (``fastnn._blas``);
+* a batch so large that the layer path would run some kernel on several
+  threads (``PARALLEL_MIN_WORK``): the program runs every kernel serially.
+
+Per step: ``forward(xb, yb)`` (gathered batch in, the loss's finiteness
+out), ``loss()``, ``logits()``, ``backward()``; the optimizer's ``step()``
+is the caller's, unchanged. The modules' Python-side state follows as on
+the layer path (Dropout's step counter, BatchNorm's running statistics);
+their per-call caches are cleared, so a module ``backward`` called on its
+own afterwards asks for a forward instead of using an older one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _blas
+from . import _config
+from . import functional as F
+from .kernels import activations as _K_act
+from .kernels import batchnorm as _K_bn
+from .kernels import dropout as _K_drop
+from .kernels import layernorm as _K_ln
+from .kernels import softmax_xent as _K_xent
+from .kernels import step as _K_step
+
+_ACT_TYPES = None
+
+
+def _activation_types():
+    global _ACT_TYPES
+    if _ACT_TYPES is None:
+        from . import nn
+
+        _ACT_TYPES = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU)
+    return _ACT_TYPES
+
+
+def _plain(a):
+    return a.view(np.ndarray) if isinstance(a, np.ndarray) else a
+
+
+def _cost(module, name, dt) -> float:
+    return module.COST[name][np.dtype(dt).itemsize > 4]
+
+
+class _Block:
+    """One row of the tables and the per-block arrays that do not depend on
+    the batch size."""
+
+    __slots__ = ("op", "code", "has_bias", "threshold", "offset", "saves_output", "alpha", "scale",
+                 "eps", "momentum", "drop", "width", "W", "P1", "P2", "GW", "G1", "G2", "R1", "R2",
+                 "z", "mask", "stats", "work", "modules")
+
+    def __init__(self, op, width, modules):
+        self.op, self.width, self.modules = op, width, modules
+        self.code = self.has_bias = self.offset = self.saves_output = 0
+        self.threshold = -1
+        self.alpha, self.scale, self.eps, self.momentum = 0.01, 1.0, 0.0, 0.0
+        self.drop = None
+        self.W = self.GW = None
+        self.P1 = self.P2 = self.G1 = self.G2 = self.R1 = self.R2 = None
+        self.z = self.mask = False  # saved arrays of shape (N, width) needed
+        self.stats = 0  # 1: (width,) statistics (BatchNorm), 2: (N,) (LayerNorm)
+        self.work = 0.0  # the layer path's largest kernel work per row
+
+
+def _dropout_fields(blk, drop, width):
+    blk.drop = drop
+    blk.threshold = _K_drop.dropout_threshold(drop.p)
+    blk.scale = 1.0 / (1.0 - drop.p)
+    blk.mask = True
+
+
+class SequentialProgram:
+    why_not = ""
+
+    def __init__(self, blocks, dtype, in_width, gemm_fns):
+        self.blocks, self.dtype, self.in_width = blocks, np.dtype(dtype), in_width
+        fn_s, fn_d, self.wide = gemm_fns
+        self.gemm_fn = fn_s if self.dtype == np.float32 else fn_d
+        self.work_per_row = max(b.work for b in blocks)
+        L = len(blocks)
+        self.ops = np.zeros((L, 6), np.int64)
+        self.fl = np.zeros((L, 4), np.float64)
+        self.keys = np.zeros((L, 2), np.uint64)
+        for k, b in enumerate(blocks):
+            self.ops[k] = (b.op, b.code, b.has_bias, b.threshold, b.offset, b.saves_output)
+            self.fl[k] = (b.alpha, b.scale, b.eps, b.momentum)
+            if b.drop is not None:
+                self.keys[k, 0] = b.drop._seed
+        self.drops = [(k, b.drop) for k, b in enumerate(blocks) if b.drop is not None]
+        e1, e2 = np.empty(0, dtype), np.empty((0, 0), dtype)
+        pick = lambda attr, empty: tuple(empty if getattr(b, attr) is None else getattr(b, attr)
+                                         for b in blocks)
+        self.W, self.GW = pick("W", e2), pick("GW", e2)
+        self.P1, self.P2, self.G1, self.G2 = (pick(a, e1) for a in ("P1", "P2", "G1", "G2"))
+        self.R1, self.R2 = pick("R1", e1), pick("R2", e1)
+        self._sizes = {}
+        self._n = None
+
+    # ----------------------------------------------------------- building
+
+    @classmethod
+    def build(cls, model, loss_fn, X):
+        """The program for training ``model`` with ``loss_fn`` on rows of
+        ``X``, or None (reason in ``SequentialProgram.why_not``)."""
+        from . import nn
+
+        def no(reason):
+            cls.why_not = reason
+            return None
+
+        gemm_fns = _blas.functions()
+        if gemm_fns is None:
+            return no("no BLAS callable from numba (fastnn._blas)")
+        if not F._numba(model._backend) or (F._finite_maybe and F._check_finite):
+            return no("the numpy backend or finite checks")
+        if type(loss_fn) is not nn.SoftmaxCrossEntropy or not F._numba(loss_fn._backend):
+            return no("the loss is not SoftmaxCrossEntropy on the numba backend")
+        if not (isinstance(X, np.ndarray) and X.ndim == 2 and X.flags.c_contiguous):
+            return no("X is not a C-contiguous 2-D array")
+        dt, width = X.dtype, X.shape[1]
+        if dt not in (np.float32, np.float64):
+            return no("X is not float32 or float64")
+        acts = _activation_types()
+        blocks = []
+        for block in model._plan():
+            if isinstance(block, nn._LinearActBlock):
+                lin, act, drop = block.linear, block.act, block.drop
+                if (type(lin) is not nn.Linear or (act is not None and type(act) not in acts)
+                        or (drop is not None and type(drop) is not nn.Dropout)):
+                    return no(f"an unsupported module in {block!r}")
+                if lin.in_features != width:
+                    return no("widths do not chain")
+                width = lin.out_features
+                b = _Block(_K_step.LINEAR_ACT, width, (lin, act, drop))
+                b.code, b.alpha = block.code, block.alpha
+                b.W, b.GW, b.P1, b.G1, b.has_bias = _plain(lin.W), lin.W.grad, _plain(lin.b), lin.b.grad, 1
+                b.z = block.code != _K_act.RELU
+                b.work = width  # the fused kernels pass work = elements
+                if drop is not None and drop.p > 0:
+                    _dropout_fields(b, drop, width)
+                    b.offset = int(drop.row_offset)  # rows, for the fused kernel
+            elif type(block) is nn.Linear:
+                if block.in_features != width:
+                    return no("widths do not chain")
+                width = block.out_features
+                b = _Block(_K_step.LINEAR, width, (block,))
+                b.W, b.GW = _plain(block.W), block.W.grad
+                if block.b is not None:
+                    b.P1, b.G1, b.has_bias = _plain(block.b), block.b.grad, 1
+                b.work = width
+            elif type(block) in acts:
+                b = _Block(_K_step.ACTIVATION, width, (block,))
+                b.code = _K_act.CODES[block.name]
+                b.alpha = float(getattr(block, "alpha", 0.01))
+                b.saves_output = int(block.name in F.SAVES_OUTPUT)
+                b.work = width * max(_cost(_K_act, f"{block.name}_{d}", dt) for d in ("forward", "backward"))
+            elif type(block) is nn.Dropout:
+                if block.p == 0:
+                    continue  # the identity; its step counter does not move either
+                b = _Block(_K_step.DROPOUT, width, (block,))
+                _dropout_fields(b, block, width)
+                b.offset = int(block.row_offset) * width  # elements, for the plain kernel
+                b.work = width * _cost(_K_drop, "dropout_forward", dt)
+            elif type(block) in (nn.BatchNorm, nn.LayerNorm):
+                if block.dim != width:
+                    return no("widths do not chain")
+                bn = type(block) is nn.BatchNorm
+                if bn and block.sync is not None:
+                    return no("a synchronised BatchNorm")
+                b = _Block(_K_step.BATCHNORM if bn else _K_step.LAYERNORM, width, (block,))
+                b.P1, b.P2 = _plain(block.gamma), _plain(block.beta)
+                b.G1, b.G2 = block.gamma.grad, block.beta.grad
+                b.eps = float(block.eps)
+                b.stats = 1 if bn else 2
+                if bn:
+                    b.momentum = float(block.momentum)
+                    b.R1, b.R2 = block.running_mean, block.running_var
+                kern = _K_bn if bn else _K_ln
+                name = "batchnorm" if bn else "layernorm"
+                b.work = width * max(_cost(kern, f"{name}_{d}", dt) for d in ("forward", "backward"))
+            else:
+                return no(f"unsupported module {type(block).__name__}")
+            blocks.append(b)
+        if not blocks:
+            return no("no layers")
+        for b in blocks:
+            arrays = [a for a in (b.W, b.GW, b.P1, b.P2, b.G1, b.G2, b.R1, b.R2) if a is not None]
+            if any(not isinstance(a, np.ndarray) or a.dtype != dt or not a.flags.c_contiguous
+                   or not a.flags.writeable for a in arrays):
+                return no("a parameter, gradient or buffer of another dtype, or not contiguous")
+        prog = cls(blocks, dt, X.shape[1], gemm_fns)
+        prog.out_width = width
+        prog.work_per_row = max(prog.work_per_row, width * _cost(_K_xent, "softmax_xent_forward_labels", dt))
+        return prog
+
+    def serial_at(self, n: int) -> bool:
+        """True when the layer path would run every kernel of a batch of n
+        rows serially, as this program does."""
+        return n * self.work_per_row < _config.PARALLEL_MIN_WORK
+
+    # ------------------------------------------------------------ buffers
+
+    def _buffers(self, n):
+        bufs = self._sizes.get(n)
+        if bufs is None:
+            dt, blocks = self.dtype, self.blocks
+            e1, e2, e8 = np.empty(0, dt), np.empty((0, 0), dt), np.empty((0, 0), np.uint8)
+            A = (np.empty((n, self.in_width), dt),) + tuple(np.empty((n, b.width), dt) for b in blocks)
+            D = (np.empty((n, self.in_width), dt),) + tuple(np.empty((n, b.width), dt) for b in blocks)
+            Z = tuple(np.empty((n, b.width), dt) if b.z else e2 for b in blocks)
+            M = tuple(np.empty((n, b.width), np.uint8) if b.mask else e8 for b in blocks)
+            DZ = tuple(np.empty((n, b.width), dt) if b.op == _K_step.LINEAR_ACT else e2 for b in blocks)
+            S = [tuple(np.empty(b.width if b.stats == 1 else n, dt) if b.stats else e1 for b in blocks)
+                 for _ in range(3)]
+            labels = np.empty(n, np.int64)
+            probs = np.empty((n, self.out_width), dt)
+            losses = np.empty(n, dt)
+            bufs = self._sizes[n] = dict(A=A, D=D, Z=Z, M=M, DZ=DZ, S1=S[0], S2=S[1], S3=S[2],
+                                         labels=labels, probs=probs, losses=losses)
+        return bufs
+
+    def batch(self, n):
+        """(x buffer, labels buffer) of a batch of n rows, for the caller's gather."""
+        b = self._buffers(n)
+        return b["A"][0], b["labels"]
+
+    # ---------------------------------------------------------------- step
+
+    def forward(self, n) -> bool:
+        """The training forward and the loss of the n rows gathered into
+        ``batch(n)``; False when a loss is not finite (nothing else has
+        changed then but the Dropout step counters and BatchNorm's running
+        statistics, as on the layer path)."""
+        for k, drop in self.drops:
+            drop.step += 1
+            self.keys[k, 1] = drop.step
+        b = self._buffers(n)
+        self._n = n
+        return _K_step.sequential_forward(
+            self.gemm_fn, self.wide, self.ops, self.fl, self.keys, b["A"][0], b["labels"], _NO_ROWS,
+            b["labels"], b["probs"], b["losses"], b["A"], self.W, self.P1, self.P2, b["Z"], b["M"],
+            b["S1"], b["S2"], b["S3"], self.R1, self.R2)
+
+    def loss(self) -> float:
+        """The mean loss of the last forward (rounded as the layer path's)."""
+        n = self._n
+        return float(self._sizes[n]["losses"].sum(dtype=np.float64)) / n
+
+    def logits(self):
+        return self._sizes[self._n]["A"][-1]
+
+    def backward(self) -> None:
+        """Every parameter gradient of the last forward's batch (no input gradient)."""
+        b = self._sizes[self._n]
+        _K_step.sequential_backward(
+            self.gemm_fn, self.wide, self.ops, self.fl, False, b["labels"], b["probs"], b["A"],
+            self.W, self.P1, self.GW, self.G1, self.G2, b["Z"], b["M"], b["S1"], b["S2"], b["D"],
+            b["DZ"])
+
+    def forget_caches(self, model) -> None:
+        """Clear what the layer path's forward leaves for its backward."""
+        from . import nn
+
+        model._ran = None
+        for block in model._plan():
+            if isinstance(block, nn._LinearActBlock):
+                block._cache = None
+        for m in model.layers:
+            if isinstance(m, nn.Linear):
+                m.x = None
+            elif isinstance(m, _activation_types()):
+                m.saved = None
+            elif isinstance(m, nn.Dropout):
+                m.mask = None
+            elif isinstance(m, (nn.BatchNorm, nn.LayerNorm)):
+                m._cache = None
+
+
+_NO_ROWS = np.empty(0, np.int64)

@@ -1,0 +1,190 @@
+"""A Sequential's training forward and backward, each in one compiled call.
+
+The layer-by-layer path calls one kernel (or np.matmul) per op from
+Python: about 18 calls a step for the seed's network, each paying
+dispatch, argument checks and module bookkeeping. Here one call runs the
+whole forward (batch gather, every layer, the loss) and one the whole
+backward (loss gradient, every layer), calling the same kernels in the
+same order with the same arguments (their serial builds), and the matrix
+products through NumPy's own BLAS (``_blas.gemm``): the results are the
+layer path's, bit for bit.
+
+Layers are "blocks" ``k = 0 .. L-1`` described by table rows, and every
+per-block array sits in a tuple indexed by ``k`` (an unused slot holds an
+empty array), so one compiled function serves any stack of the supported
+blocks (one compile per block count and dtype, cached on disk):
+
+``ops[k]`` (int64): ``[op, act code, has bias, dropout threshold (-1: no
+dropout), dropout element offset, activation saves its output]``;
+``fl[k]`` (float64): ``[alpha, dropout scale, eps, momentum]``;
+``keys[k]`` (uint64): ``[dropout seed, dropout step]``.
+
+``A[k]`` is block k's input, ``A[k + 1]`` its output (``A[0]`` the
+gathered batch, ``A[L]`` the logits); ``D[k]`` the gradient of the loss
+with respect to ``A[k]``. Block k's parameters are ``W[k]`` (2-D) and
+``P1[k]``, ``P2[k]`` (bias; or gamma, beta), their gradients ``GW``,
+``G1``, ``G2``; saved for the backward: ``Z[k]`` (pre-activation of a
+fused non-ReLU block), ``M[k]`` (dropout mask), ``S1..S3[k]`` (norm
+statistics: mean, rstd, BatchNorm's var); ``R1``, ``R2``: BatchNorm's
+running mean and variance; ``DZ[k]``: scratch.
+"""
+
+import numpy as np
+
+from .._config import compiled
+from ._blas import gemm
+from .activations import (GELU, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, gelu_backward,
+                          gelu_forward, leaky_relu_backward, leaky_relu_forward, relu_backward,
+                          relu_forward, sigmoid_backward, sigmoid_forward, silu_backward,
+                          silu_forward, tanh_backward, tanh_forward)
+from .batchnorm import batchnorm_backward, batchnorm_forward
+from .dropout import dropout_backward, dropout_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import bias_add, column_sum
+from .linear_act import bias_act_dropout_backward, bias_act_dropout_forward
+from .softmax_xent import softmax_xent_backward_labels, softmax_xent_forward_labels
+
+LINEAR_ACT, LINEAR, ACTIVATION, DROPOUT, BATCHNORM, LAYERNORM = range(6)
+
+_bad_forward = bias_act_dropout_forward.serial
+_bad_backward = bias_act_dropout_backward.serial
+_bias_add = bias_add.serial
+_column_sum = column_sum.serial
+_bn_forward = batchnorm_forward.serial
+_bn_backward = batchnorm_backward.serial
+_ln_forward = layernorm_forward.serial
+_ln_backward = layernorm_backward.serial
+_drop_forward = dropout_forward.serial
+_drop_backward = dropout_backward.serial
+_xent_forward = softmax_xent_forward_labels.serial
+_xent_backward = softmax_xent_backward_labels.serial
+_relu_f, _relu_b = relu_forward.serial, relu_backward.serial
+_leaky_f, _leaky_b = leaky_relu_forward.serial, leaky_relu_backward.serial
+_sigmoid_f, _sigmoid_b = sigmoid_forward.serial, sigmoid_backward.serial
+_tanh_f, _tanh_b = tanh_forward.serial, tanh_backward.serial
+_gelu_f, _gelu_b = gelu_forward.serial, gelu_backward.serial
+_silu_f, _silu_b = silu_forward.serial, silu_backward.serial
+
+
+@compiled
+def _activation_forward(code, y, x, alpha):
+    if code == RELU:
+        _relu_f(y, x)
+    elif code == LEAKY_RELU:
+        _leaky_f(y, x, alpha)
+    elif code == SIGMOID:
+        _sigmoid_f(y, x)
+    elif code == TANH:
+        _tanh_f(y, x)
+    elif code == GELU:
+        _gelu_f(y, x)
+    elif code == SILU:
+        _silu_f(y, x)
+
+
+@compiled
+def _activation_backward(code, dx, dy, saved, alpha):
+    if code == RELU:
+        _relu_b(dx, dy, saved)
+    elif code == LEAKY_RELU:
+        _leaky_b(dx, dy, saved, alpha)
+    elif code == SIGMOID:
+        _sigmoid_b(dx, dy, saved)
+    elif code == TANH:
+        _tanh_b(dx, dy, saved)
+    elif code == GELU:
+        _gelu_b(dx, dy, saved)
+    elif code == SILU:
+        _silu_b(dx, dy, saved)
+
+
+@compiled
+def sequential_forward(gemm_fn, wide, ops, fl, keys, X, y, idx, labels, probs, losses,
+                       A, W, P1, P2, Z, M, S1, S2, S3, R1, R2):
+    """Training forward: A[0] = X[idx], labels = y[idx] (skipped when idx is
+    empty: A[0] and labels are already filled); every block; then, when
+    ``probs`` has rows, softmax cross-entropy of A[L] against labels
+    (``losses`` per row). Returns False when a loss is NaN or infinite."""
+    for i in range(idx.shape[0]):
+        r = idx[i]
+        A[0][i, :] = X[r]
+        labels[i] = y[r]
+    for k in range(ops.shape[0]):
+        op = ops[k, 0]
+        x = A[k]
+        out = A[k + 1]
+        if op == LINEAR_ACT or op == LINEAR:
+            gemm(gemm_fn, wide, out, x, W[k], False, False)
+            if op == LINEAR_ACT:
+                drop = ops[k, 3] >= 0
+                _bad_forward(out, Z[k], M[k], P1[k], ops[k, 1], fl[k, 0],
+                             keys[k, 0] if drop else np.uint64(0), keys[k, 1] if drop else np.uint64(0),
+                             ops[k, 3] if drop else 0, fl[k, 1] if drop else 1.0,
+                             ops[k, 4] if drop else 0)
+            elif ops[k, 2]:
+                _bias_add(out, P1[k])
+        elif op == ACTIVATION:
+            _activation_forward(ops[k, 1], out.reshape(-1), x.reshape(-1), fl[k, 0])
+        elif op == DROPOUT:
+            _drop_forward(out.reshape(-1), M[k].reshape(-1), x.reshape(-1), keys[k, 0], keys[k, 1],
+                          ops[k, 3], fl[k, 1], ops[k, 4])
+        elif op == BATCHNORM:
+            _bn_forward(out, S1[k], S3[k], S2[k], x, P1[k], P2[k], fl[k, 2])
+            # running = (1 - momentum) * running + momentum * batch, rounded as NumPy does
+            keep = R1[k].dtype.type(1.0 - fl[k, 3])
+            mom = R1[k].dtype.type(fl[k, 3])
+            rm, rv, mean, var = R1[k], R2[k], S1[k], S3[k]
+            for j in range(rm.shape[0]):
+                rm[j] = rm[j] * keep
+                rm[j] = rm[j] + mom * mean[j]
+                rv[j] = rv[j] * keep
+                rv[j] = rv[j] + mom * var[j]
+        else:  # LAYERNORM
+            _ln_forward(out, S1[k], S2[k], x, P1[k], P2[k], fl[k, 2])
+    if probs.shape[0] == 0:
+        return True
+    _xent_forward(probs, losses, A[ops.shape[0]], labels)
+    for i in range(losses.shape[0]):
+        if not np.isfinite(losses[i]):
+            return False
+    return True
+
+
+@compiled
+def sequential_backward(gemm_fn, wide, ops, fl, need_input_grad, labels, probs,
+                        A, W, P1, GW, G1, G2, Z, M, S1, S2, D, DZ):
+    """Training backward after ``sequential_forward``: when ``probs`` has
+    rows, D[L] = the softmax cross-entropy gradient (else D[L] holds the
+    caller's gradient); then every block in reverse, overwriting the
+    parameter gradients; D[0] only when ``need_input_grad``."""
+    L = ops.shape[0]
+    if probs.shape[0] > 0:
+        _xent_backward(D[L], probs, labels)
+    for k in range(L - 1, -1, -1):
+        op = ops[k, 0]
+        dy = D[k + 1]
+        dx = D[k]
+        want_dx = k > 0 or need_input_grad
+        if op == LINEAR_ACT:
+            drop = ops[k, 3] >= 0
+            _bad_backward(DZ[k], G1[k], dy, A[k + 1], Z[k], M[k], ops[k, 1], fl[k, 0],
+                          fl[k, 1] if drop else 1.0)
+            gemm(gemm_fn, wide, GW[k], A[k], DZ[k], True, False)
+            if want_dx:
+                gemm(gemm_fn, wide, dx, DZ[k], W[k], False, True)
+        elif op == LINEAR:
+            gemm(gemm_fn, wide, GW[k], A[k], dy, True, False)
+            if ops[k, 2]:
+                _column_sum(G1[k], dy)
+            if want_dx:
+                gemm(gemm_fn, wide, dx, dy, W[k], False, True)
+        elif op == ACTIVATION:
+            saved = A[k + 1] if ops[k, 5] else A[k]
+            _activation_backward(ops[k, 1], dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), fl[k, 0])
+        elif op == DROPOUT:
+            _drop_backward(dx.reshape(-1), dy.reshape(-1), M[k].reshape(-1), fl[k, 1])
+        elif op == BATCHNORM:
+            _bn_backward(dx, G1[k], G2[k], dy, A[k], S1[k], S2[k], P1[k])
+        else:  # LAYERNORM
+            _ln_backward(dx, G1[k], G2[k], dy, A[k], S1[k], S2[k], P1[k])
+

@@ -1,0 +1,195 @@
+"""The compiled training step (fastnn/_step.py, fastnn/kernels/step.py).
+
+It must equal the layer-by-layer path bit for bit (same kernels, same
+order, NumPy's own BLAS): parameters, optimizer state, BatchNorm's running
+statistics, Dropout's counters and the loss history of ``fit``. Where it
+does not apply, ``fit`` must take the layer path and say nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import _blas, _step, nn, optim
+from fastnn.kernels import _blas as K_blas
+from fastnn.train import NonFiniteLossError
+
+
+def _layers(kind, dt):
+    if kind == "seed":
+        return [nn.Linear(20, 16, dtype=dt), nn.ReLU(), nn.Dropout(0.2),
+                nn.Linear(16, 12, dtype=dt), nn.ReLU(), nn.Dropout(0.2), nn.Linear(12, 5, dtype=dt)]
+    if kind == "every-module":
+        return [nn.BatchNorm(20, dtype=dt), nn.Linear(20, 16, dtype=dt), nn.GELU(), nn.LayerNorm(16, dtype=dt),
+                nn.Linear(16, 12, bias=False, dtype=dt), nn.Tanh(), nn.Dropout(0.3),
+                nn.Linear(12, 12, dtype=dt), nn.SiLU(), nn.Linear(12, 12, dtype=dt), nn.Sigmoid(),
+                nn.Dropout(0.1), nn.Linear(12, 8, dtype=dt), nn.LeakyReLU(0.1), nn.BatchNorm(8, dtype=dt),
+                nn.ReLU(), nn.Dropout(0.0), nn.Linear(8, 5, dtype=dt)]
+    if kind == "unfused":
+        return [nn.Dropout(0.25), nn.Linear(20, 16, dtype=dt), nn.LayerNorm(16, dtype=dt), nn.ReLU(),
+                nn.Linear(16, 5, bias=False, dtype=dt)]
+    raise ValueError(kind)
+
+
+def _train(kind, dt, use_program, monkeypatch, epochs=2, fuse=True, opt_cls=optim.Adam, **fit_kw):
+    fastnn.manual_seed(3)
+    model = nn.Sequential(_layers(kind, dt), fuse=fuse)
+    opt = opt_cls(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((150, 20)).astype(dt)
+    y = rng.integers(0, 5, 150)
+    built = []
+    real_build = _step.SequentialProgram.build
+
+    def build(*args):
+        prog = real_build(*args) if use_program else None
+        built.append(prog)
+        return prog
+
+    with monkeypatch.context() as mp:
+        mp.setattr(_step.SequentialProgram, "build", build)
+        hist = fastnn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, epochs=epochs, batch_size=32,
+                          seed=1, progress=False, **fit_kw)
+    return model, opt, hist, built
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["seed", "every-module", "unfused"])
+def test_fit_equals_layer_path_bitwise(kind, dt, monkeypatch):
+    fuse = kind != "unfused"
+    m1, o1, h1, b1 = _train(kind, dt, False, monkeypatch, fuse=fuse)
+    m2, o2, h2, b2 = _train(kind, dt, True, monkeypatch, fuse=fuse)
+    assert b1 == [None] and b2[0] is not None, _step.SequentialProgram.why_not
+    assert h1["loss"] == h2["loss"]
+    assert h1["accuracy"] == h2["accuracy"]
+    for (name, p1), (_, p2) in zip(m1.named_parameters(), m2.named_parameters()):
+        np.testing.assert_array_equal(p1, p2, err_msg=name)
+        np.testing.assert_array_equal(p1.grad, p2.grad, err_msg=name + ".grad")
+    for (name, a1), (_, a2) in zip(m1.named_buffers(), m2.named_buffers()):
+        np.testing.assert_array_equal(a1, a2, err_msg=name)
+    s1, s2 = o1.state_dict()["state"], o2.state_dict()["state"]
+    for i in s1:
+        for key in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_array_equal(s1[i][key], s2[i][key])
+
+
+def test_fit_sgd_no_shuffle_and_clipping_equal(monkeypatch):
+    kw = dict(opt_cls=lambda p, lr: optim.SGD(p, lr=lr, momentum=0.9), shuffle=False, clip_grad_norm=0.5)
+    m1, _, h1, _ = _train("seed", np.float32, False, monkeypatch, **kw)
+    m2, _, h2, built = _train("seed", np.float32, True, monkeypatch, **kw)
+    assert built[0] is not None
+    assert h1["loss"] == h2["loss"]
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_array_equal(p1, p2)
+
+
+def test_program_matches_manual_loop_and_leaves_no_stale_caches(monkeypatch):
+    model, _, _, built = _train("seed", np.float32, True, monkeypatch, epochs=1)
+    assert built[0] is not None
+    with pytest.raises(RuntimeError, match="before forward"):
+        model.backward(np.zeros((4, 5), np.float32))
+    # the modules still work layer by layer afterwards
+    out = model.forward(np.ones((4, 20), np.float32))
+    assert model.backward(np.ones_like(out)).shape == (4, 20)
+
+
+def test_nonfinite_loss_leaves_model_unchanged(monkeypatch):
+    fastnn.manual_seed(0)
+    model = nn.Sequential([nn.Linear(4, 8), nn.BatchNorm(8), nn.ReLU(), nn.Linear(8, 3)])
+    X = np.ones((40, 4), np.float32)
+    X[17, 2] = np.inf
+    y = np.zeros(40, np.int64)
+    assert _step.SequentialProgram.build(model, nn.SoftmaxCrossEntropy(), X) is not None
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    opt = optim.Adam(model.parameters())
+    with pytest.raises(NonFiniteLossError) as info:
+        fastnn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, epochs=1, batch_size=40, progress=False)
+    assert "changed nothing" in str(info.value)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert opt.step_count == 0
+
+
+class _Custom(nn.Module):
+    def forward(self, x, training=None):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+@pytest.mark.parametrize("case", ["custom-module", "subclass", "nested", "numpy-backend", "targets",
+                                  "widths", "sync-bn", "finite-checks", "strided-X"])
+def test_build_refuses_what_it_does_not_compile(case):
+    class MyReLU(nn.ReLU):
+        pass
+
+    layers = [nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)]
+    X = np.ones((10, 6), np.float32)
+    loss = nn.SoftmaxCrossEntropy()
+    if case == "custom-module":
+        layers.insert(2, _Custom())
+    elif case == "subclass":
+        layers[1] = MyReLU()
+    elif case == "nested":
+        layers = [nn.Sequential(layers)]
+    elif case == "widths":
+        layers[2] = nn.Linear(5, 3)
+    elif case == "sync-bn":
+        bn = nn.BatchNorm(4)
+        bn.sync = object()
+        layers.insert(1, bn)
+    elif case == "targets":
+        loss = nn.MSELoss()
+    elif case == "strided-X":
+        X = np.ones((10, 12), np.float32)[:, ::2]
+    model = nn.Sequential(layers, backend="numpy" if case == "numpy-backend" else None)
+    if case == "finite-checks":
+        with fastnn.check_finite():
+            assert _step.SequentialProgram.build(model, loss, X) is None
+    else:
+        assert _step.SequentialProgram.build(model, loss, X) is None
+    assert _step.SequentialProgram.why_not
+    assert _step.SequentialProgram.build(nn.Sequential([nn.Linear(6, 3)]), nn.SoftmaxCrossEntropy(),
+                                         np.ones((10, 6), np.float32)) is not None
+
+
+def test_fit_with_mismatched_widths_still_explains(monkeypatch):
+    model = nn.Sequential([nn.Linear(6, 4), nn.ReLU(), nn.Linear(5, 3)])
+    with pytest.raises(ValueError):
+        fastnn.fit(model, nn.SoftmaxCrossEntropy(), optim.Adam(model.parameters()),
+                   np.ones((10, 6), np.float32), np.zeros(10, np.int64), epochs=1, progress=False)
+
+
+def test_parallel_sized_batches_take_the_layer_path(monkeypatch):
+    prog = _step.SequentialProgram.build(nn.Sequential([nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)]),
+                                         nn.SoftmaxCrossEntropy(), np.ones((10, 6), np.float32))
+    assert prog.serial_at(64)
+    monkeypatch.setattr(fastnn._config, "PARALLEL_MIN_WORK", 100)
+    assert not prog.serial_at(64)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 1, 7), (64, 33, 17), (3, 4, 0), (0, 4, 3)])
+def test_gemm_from_numba_is_numpys(dt, ta, tb, m, n, k):
+    fns = _blas.functions()
+    if fns is None:
+        pytest.skip("no BLAS callable from numba here")
+    rng = np.random.default_rng(m * 100 + n * 10 + k)
+    A = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
+    B = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
+    C = np.full((m, n), np.nan, dt)
+    K_blas.gemm_any(fns[0] if dt == np.float32 else fns[1], fns[2], C, A, B, ta, tb)
+    expected = np.matmul(A.T if ta else A, B.T if tb else B)
+    if 1 in (m, n):  # NumPy calls gemv or its own loop for a vector: other rounding
+        np.testing.assert_allclose(C, expected, rtol=1e-5 if dt == np.float32 else 1e-12, atol=1e-6)
+    else:  # the very routine np.matmul calls
+        np.testing.assert_array_equal(C, expected)
+
+
+def test_blas_lookup_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("FASTNN_NUMBA_BLAS", "0")
+    assert _blas._find() is None
