@@ -17,9 +17,9 @@ must run instead:
 Per step: ``forward(xb, yb)`` (gathered batch in, the loss's finiteness
 out), ``loss()``, ``logits()``, ``backward()``; the optimizer's ``step()``
 is the caller's, unchanged. The modules' Python-side state follows as on
-the layer path (Dropout's step counter, BatchNorm's running statistics);
-their per-call caches are cleared, so a module ``backward`` called on its
-own afterwards asks for a forward instead of using an older one.
+the layer path (Dropout's step counter and mask, BatchNorm's running
+statistics, each module's saved input), so a module's own ``backward``
+still works after a compiled forward.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .kernels import softmax_xent as _K_xent
 from .kernels import step as _K_step
 
 _ACT_TYPES = None
+_NO_ROWS = np.empty(0, np.int64)  # no gather / no labels
 
 
 def _activation_types():
@@ -136,7 +137,7 @@ class SequentialProgram:
         if dt not in (np.float32, np.float64):
             return no("X is not float32 or float64")
         acts = _activation_types()
-        blocks = []
+        blocks, identities = [], []
         for block in model._plan():
             if isinstance(block, nn._LinearActBlock):
                 lin, act, drop = block.linear, block.act, block.drop
@@ -146,7 +147,7 @@ class SequentialProgram:
                 if lin.in_features != width:
                     return no("widths do not chain")
                 width = lin.out_features
-                b = _Block(_K_step.LINEAR_ACT, width, (lin, act, drop))
+                b = _Block(_K_step.LINEAR_ACT, width, (lin, act, drop, block))
                 b.code, b.alpha = block.code, block.alpha
                 b.W, b.GW, b.P1, b.G1, b.has_bias = _plain(lin.W), lin.W.grad, _plain(lin.b), lin.b.grad, 1
                 b.z = block.code != _K_act.RELU
@@ -171,6 +172,7 @@ class SequentialProgram:
                 b.work = width * max(_cost(_K_act, f"{block.name}_{d}", dt) for d in ("forward", "backward"))
             elif type(block) is nn.Dropout:
                 if block.p == 0:
+                    identities.append(block)
                     continue  # the identity; its step counter does not move either
                 b = _Block(_K_step.DROPOUT, width, (block,))
                 _dropout_fields(b, block, width)
@@ -204,6 +206,7 @@ class SequentialProgram:
                    or not a.flags.writeable for a in arrays):
                 return no("a parameter, gradient or buffer of another dtype, or not contiguous")
         prog = cls(blocks, dt, X.shape[1], gemm_fns)
+        prog.identities = identities
         prog.out_width = width
         prog.work_per_row = max(prog.work_per_row, width * _cost(_K_xent, "softmax_xent_forward_labels", dt))
         return prog
@@ -251,6 +254,7 @@ class SequentialProgram:
             self.keys[k, 1] = drop.step
         b = self._buffers(n)
         self._n = n
+        self._keep_module_state(b["A"], b)
         return _K_step.sequential_forward(
             self.gemm_fn, self.wide, self.ops, self.fl, self.keys, b["A"][0], b["labels"], _NO_ROWS,
             b["labels"], b["probs"], b["losses"], b["A"], self.W, self.P1, self.P2, b["Z"], b["M"],
@@ -272,23 +276,103 @@ class SequentialProgram:
             self.W, self.P1, self.GW, self.G1, self.G2, b["Z"], b["M"], b["S1"], b["S2"], b["D"],
             b["DZ"])
 
-    def forget_caches(self, model) -> None:
-        """Clear what the layer path's forward leaves for its backward."""
+    # ------------------------------------- Sequential.forward / .backward
+
+    def module_forward(self, x):
+        """Sequential.forward(x, training=True) on an x that ``usable`` accepted:
+        a fresh output array; the state for ``module_backward``."""
+        n = x.shape[0]
+        for k, drop in self.drops:
+            drop.step += 1
+            self.keys[k, 1] = drop.step
+        b = self._buffers(n)
+        out = np.empty((n, self.out_width), self.dtype)
+        A = (x,) + b["A"][1:-1] + (out,)
+        _K_step.sequential_forward(
+            self.gemm_fn, self.wide, self.ops, self.fl, self.keys, x, _NO_ROWS, _NO_ROWS, _NO_ROWS,
+            b["probs"][:0], b["losses"][:0], A, self.W, self.P1, self.P2, b["Z"], b["M"],
+            b["S1"], b["S2"], b["S3"], self.R1, self.R2)
+        self._module_state = (A, b)
+        self._keep_module_state(A, b)
+        return out
+
+    def module_backward(self, dout, need_input_grad):
+        """Sequential.backward(dout) after ``module_forward``; dout checked by the caller."""
+        A, b = self._module_state
+        n = A[0].shape[0]
+        # as the layer path: only a Linear first layer can skip its input gradient
+        need_input_grad = need_input_grad or self.blocks[0].op not in (_K_step.LINEAR, _K_step.LINEAR_ACT)
+        dx = np.empty((n, self.in_width), self.dtype) if need_input_grad else b["D"][0]
+        D = (dx,) + b["D"][1:-1] + (dout,)
+        _K_step.sequential_backward(
+            self.gemm_fn, self.wide, self.ops, self.fl, need_input_grad, _NO_ROWS, b["probs"][:0], A,
+            self.W, self.P1, self.GW, self.G1, self.G2, b["Z"], b["M"], b["S1"], b["S2"], D, b["DZ"])
+        return dx if need_input_grad else None
+
+    def _keep_module_state(self, A, b) -> None:
+        """Leave in each module what the layer path's forward leaves there
+        (the Linear's input, the activation's saved array, the Dropout's mask,
+        the norms' statistics), as views of this step's buffers."""
+        Z, M, S1, S2 = b["Z"], b["M"], b["S1"], b["S2"]
+        for k, blk in enumerate(self.blocks):
+            op, mods = blk.op, blk.modules
+            if op == _K_step.LINEAR_ACT:
+                lin, act, drop, fused = mods
+                fused._cache = (A[k], A[k + 1], Z[k], M[k], blk.scale)
+                lin.x = A[k]
+                if act is not None:
+                    act.saved = None
+                if drop is not None:
+                    drop.mask = M[k] if blk.mask else None
+            elif op == _K_step.LINEAR:
+                mods[0].x = A[k]
+            elif op == _K_step.ACTIVATION:
+                mods[0].saved = A[k + 1] if blk.saves_output else A[k]
+            elif op == _K_step.DROPOUT:
+                mods[0].mask = M[k]
+            else:
+                mods[0]._cache = (A[k], S1[k], S2[k])
+        for drop in self.identities:
+            drop.mask = None
+
+
+def _fingerprint(model):
+    """What a program bakes in: a changed layer list, parameter array,
+    hyperparameter, backend or finite-check mode means another program."""
+    parts = [id(model._plan()), model._backend, bool(F._finite_maybe and F._check_finite)]
+    for m in model.layers:
+        parts.append(id(m))
+        for name in ("W", "b", "gamma", "beta"):
+            p = getattr(m, name, None)
+            if p is not None:
+                parts += (id(p), id(p.grad))
+        for name in ("alpha", "p", "row_offset", "eps", "momentum", "sync", "running_mean", "running_var"):
+            v = getattr(m, name, None)
+            if v is not None:
+                parts.append(id(v) if isinstance(v, np.ndarray) else v)
+        if hasattr(m, "_seed"):
+            parts.append(int(m._seed))
+    return tuple(parts)
+
+
+def module_forward(model, x):
+    """``Sequential.forward(x, training=True)`` through the model's program,
+    or None where it does not apply (the layer path then runs)."""
+    if not (type(x) is np.ndarray and x.ndim == 2 and x.flags.c_contiguous and x.flags.writeable
+            and x.flags.aligned and x.shape[0] > 0):
+        return None
+    key = _fingerprint(model)
+    cached = model.__dict__.get("_program")
+    if cached is None or cached[0] != key:
         from . import nn
 
-        model._ran = None
-        for block in model._plan():
-            if isinstance(block, nn._LinearActBlock):
-                block._cache = None
-        for m in model.layers:
-            if isinstance(m, nn.Linear):
-                m.x = None
-            elif isinstance(m, _activation_types()):
-                m.saved = None
-            elif isinstance(m, nn.Dropout):
-                m.mask = None
-            elif isinstance(m, (nn.BatchNorm, nn.LayerNorm)):
-                m._cache = None
+        prog = SequentialProgram.build(model, nn.SoftmaxCrossEntropy(), x)
+        cached = model._program = (key, prog)
+    prog = cached[1]
+    if (prog is None or x.dtype != prog.dtype or x.shape[1] != prog.in_width
+            or not prog.serial_at(x.shape[0])):
+        return None
+    return prog.module_forward(x)
 
 
-_NO_ROWS = np.empty(0, np.int64)
+PROGRAM_RAN = "program"  # Sequential._ran after module_forward

@@ -24,6 +24,7 @@ import inspect
 import numpy as np
 
 from . import _inference
+from . import _step
 from . import _validate as V
 from . import functional as F
 from . import init as _init
@@ -878,6 +879,11 @@ class Sequential(Module):
             y = _inference.eval_forward(self, x)
             if y is not None:
                 return y
+        else:  # the compiled training step's forward where it applies (fastnn/_step.py)
+            y = _step.module_forward(self, x)
+            if y is not None:
+                self._ran = _step.PROGRAM_RAN
+                return y
         blocks = self._plan()
         last = len(blocks) - 1
         backend = self._backend
@@ -897,6 +903,18 @@ class Sequential(Module):
         blocks = self._ran
         if blocks is None:
             raise RuntimeError("Sequential.backward called before forward")
+        if blocks is _step.PROGRAM_RAN and F._finite_maybe and F._check_finite:
+            blocks = self._plan()  # the layer path (its ops check their arrays) from the modules' state
+        if blocks is _step.PROGRAM_RAN:
+            prog = self._program[1]
+            dout = V.float_array("dout", dout, ndim=2, dtype=prog.dtype)
+            n = prog._module_state[0][0].shape[0]
+            if dout.shape != (n, prog.out_width):
+                raise ValueError(f"dout must have the shape of the model's output {(n, prog.out_width)}, "
+                                 f"got {dout.shape}")
+            if not (dout.flags.c_contiguous and dout.flags.writeable and dout.flags.aligned):
+                dout = np.array(dout, order="C")
+            return prog.module_backward(dout, bool(need_input_grad))
         backend = self._backend
         for k in range(len(blocks) - 1, -1, -1):
             block = blocks[k]

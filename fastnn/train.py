@@ -667,7 +667,6 @@ class _EpochLoop:
             program = _step.SequentialProgram.build(model, loss_fn, X)
             if program is not None and program.serial_at(m):
                 self.program = program
-                program.forget_caches(model)
                 if y.dtype != np.int64:  # the program's label buffers (validated labels)
                     self.y = y.astype(np.int64)
 

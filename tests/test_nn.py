@@ -14,6 +14,7 @@ from fastnn.kernels import batchnorm as K_bn
 from fastnn.kernels import dropout as K_drop
 from fastnn.kernels import layernorm as K_ln
 from fastnn.kernels import linear as K_lin
+from fastnn.kernels import step as K_step
 from fastnn.kernels import linear_act as K_la
 from fastnn.kernels import softmax_xent as K_xent
 
@@ -213,7 +214,7 @@ def _disable_numba_kernels(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a numba kernel ran on the numpy backend")
 
-    for mod in (K_act, K_bn, K_drop, K_ln, K_lin, K_la, K_xent):
+    for mod in (K_act, K_bn, K_drop, K_ln, K_lin, K_la, K_xent, K_step):
         for name in dir(mod):
             if name.endswith(("_forward", "_backward")) or name.endswith(("_forward_eval",)):
                 monkeypatch.setattr(mod, name, boom)
