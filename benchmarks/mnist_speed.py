@@ -26,7 +26,11 @@ Backends:
 * ``numba-fit``: ``fastnn.fit(...)``, the library's loop, one call per
   epoch, timed around the call.
 * ``numba-loop``: the README's hand-written loop (``model.forward``,
-  ``loss_fn.forward``, ``model.backward``, ``optimizer.step``).
+  ``loss_fn.forward``, ``model.backward(..., need_input_grad=False)``,
+  ``optimizer.step``).
+* ``numba-loop-dx``: the same loop with ``model.backward``'s default,
+  which also returns the gradient with respect to the input: one more
+  matrix product per step, the size of the first layer's.
 * ``numpy-fit``: ``fastnn.fit`` on the NumPy reference backend.
 * ``torch``, ``jax``: the same network written plainly in each (skipped,
   and named, when not importable).
@@ -60,10 +64,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-BACKENDS = ("floor", "numba-fit", "numba-loop", "numpy-fit", "torch", "jax")
-ALIASES = {"numba": ("numba-fit", "numba-loop"), "numpy": ("numpy-fit",)}
+BACKENDS = ("floor", "numba-fit", "numba-loop", "numba-loop-dx", "numpy-fit", "torch", "jax")
+ALIASES = {"numba": ("numba-fit", "numba-loop", "numba-loop-dx"), "numpy": ("numpy-fit",)}
 PEERS = {"torch": "torch", "jax": "jax"}
-FASTNN_WORKERS = ("numba-fit", "numba-loop", "numpy-fit", "numba-unmanaged")
+FASTNN_WORKERS = ("numba-fit", "numba-loop", "numba-loop-dx", "numpy-fit", "numba-unmanaged")
 LAYERS = (784, 256, 128, 10)
 DROPOUT = 0.2
 # Variables fastnn reads or has set process-wide, and thread counts, which
@@ -210,10 +214,12 @@ def make_fastnn(backend, args):
     loss_fn.backend = impl
     opt = optim.Adam(model.parameters(), lr=1e-3, backend=impl)
 
+    input_grad = backend == "numba-loop-dx"
+
     def train_step(xb, yb):  # the README's loop, as a user writes it
         out = model.forward(xb)
         loss = loss_fn.forward(out, yb)
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), need_input_grad=input_grad)
         opt.step()
         return loss
 
@@ -479,7 +485,7 @@ def plot(rows, path):
 
 def parse_backends(p, text):
     if text == "auto":
-        names = ["floor", "numba-fit", "numba-loop", "numpy-fit", "torch", "jax"]
+        names = ["floor", "numba-fit", "numba-loop", "numba-loop-dx", "numpy-fit", "torch", "jax"]
     else:
         names = []
         for b in (s.strip() for s in text.split(",")):

@@ -27,7 +27,7 @@ def test_quick_run_prints_table_and_writes_json(tmp_path):
     assert "FASTNN_PARALLEL_MIN_WORK" in proc.stdout and "OMP_WAIT_POLICY" in proc.stdout
     doc = json.loads(out.read_text())
     results = {r["backend"]: r for r in doc["results"]}
-    assert set(results) == {"floor", "numba-fit", "numba-loop", "numpy-fit"}
+    assert set(results) == {"floor", "numba-fit", "numba-loop", "numba-loop-dx", "numpy-fit"}
     assert {"FASTNN_PARALLEL_MIN_WORK", "OMP_WAIT_POLICY"} <= set(doc["env_removed"])
     floor = results["floor"]
     assert not floor["imported_fastnn"] and floor["test_accuracy"] is None
