@@ -200,16 +200,17 @@ def _renamed(fn, suffix):
     return f
 
 
-def specialise(template, **bindings):
+def specialise(template, flags=None, **bindings):
     """njit a copy of ``template`` whose global names in ``bindings`` are
     bound to the given jitted functions: one loop per bound function, each
     its own compiled function (seven variants inlined into one kernel
-    stopped LLVM from vectorising them), cached under its own name."""
-    suffix = "__" + "_".join(f.__name__ for f in bindings.values())
+    stopped LLVM from vectorising them), cached under its own name.
+    ``flags``: numba's options (default NJIT_FLAGS)."""
+    suffix = "__" + "_".join(f.__name__.split("__")[0] for f in bindings.values())
     fn = types.FunctionType(template.__code__, {**template.__globals__, **bindings},
                             template.__name__ + suffix, template.__defaults__)
     fn.__qualname__ = template.__qualname__ + suffix + _source_tag(template.__code__.co_filename)
-    return njit(**NJIT_FLAGS)(fn)
+    return njit(**(NJIT_FLAGS if flags is None else flags))(fn)
 
 
 class Kernel:

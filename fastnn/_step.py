@@ -103,6 +103,9 @@ class SequentialProgram:
             if b.drop is not None:
                 self.keys[k, 0] = b.drop._seed
         self.drops = [(k, b.drop) for k, b in enumerate(blocks) if b.drop is not None]
+        linear_only = all(b.op in (_K_step.LINEAR, _K_step.LINEAR_ACT) for b in blocks)
+        self._fwd = _K_step.linear_stack_forward if linear_only else _K_step.sequential_forward
+        self._bwd = _K_step.linear_stack_backward if linear_only else _K_step.sequential_backward
         e1, e2 = np.empty(0, dtype), np.empty((0, 0), dtype)
         pick = lambda attr, empty: tuple(empty if getattr(b, attr) is None else getattr(b, attr)
                                          for b in blocks)
@@ -255,7 +258,7 @@ class SequentialProgram:
         b = self._buffers(n)
         self._n = n
         self._keep_module_state(b["A"], b)
-        return _K_step.sequential_forward(
+        return self._fwd(
             self.gemm_fn, self.wide, self.ops, self.fl, self.keys, b["A"][0], b["labels"], _NO_ROWS,
             b["labels"], b["probs"], b["losses"], b["A"], self.W, self.P1, self.P2, b["Z"], b["M"],
             b["S1"], b["S2"], b["S3"], self.R1, self.R2)
@@ -271,7 +274,7 @@ class SequentialProgram:
     def backward(self) -> None:
         """Every parameter gradient of the last forward's batch (no input gradient)."""
         b = self._sizes[self._n]
-        _K_step.sequential_backward(
+        self._bwd(
             self.gemm_fn, self.wide, self.ops, self.fl, False, b["labels"], b["probs"], b["A"],
             self.W, self.P1, self.GW, self.G1, self.G2, b["Z"], b["M"], b["S1"], b["S2"], b["D"],
             b["DZ"])
@@ -288,7 +291,7 @@ class SequentialProgram:
         b = self._buffers(n)
         out = np.empty((n, self.out_width), self.dtype)
         A = (x,) + b["A"][1:-1] + (out,)
-        _K_step.sequential_forward(
+        self._fwd(
             self.gemm_fn, self.wide, self.ops, self.fl, self.keys, x, _NO_ROWS, _NO_ROWS, _NO_ROWS,
             b["probs"][:0], b["losses"][:0], A, self.W, self.P1, self.P2, b["Z"], b["M"],
             b["S1"], b["S2"], b["S3"], self.R1, self.R2)
@@ -304,7 +307,7 @@ class SequentialProgram:
         need_input_grad = need_input_grad or self.blocks[0].op not in (_K_step.LINEAR, _K_step.LINEAR_ACT)
         dx = np.empty((n, self.in_width), self.dtype) if need_input_grad else b["D"][0]
         D = (dx,) + b["D"][1:-1] + (dout,)
-        _K_step.sequential_backward(
+        self._bwd(
             self.gemm_fn, self.wide, self.ops, self.fl, need_input_grad, _NO_ROWS, b["probs"][:0], A,
             self.W, self.P1, self.GW, self.G1, self.G2, b["Z"], b["M"], b["S1"], b["S2"], D, b["DZ"])
         return dx if need_input_grad else None

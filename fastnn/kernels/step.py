@@ -31,7 +31,7 @@ running mean and variance; ``DZ[k]``: scratch.
 
 import numpy as np
 
-from .._config import compiled
+from .._config import STEP_FLAGS, compiled, specialise
 from ._blas import gemm
 from .activations import (GELU, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, gelu_backward,
                           gelu_forward, leaky_relu_backward, leaky_relu_forward, relu_backward,
@@ -98,8 +98,7 @@ def _activation_backward(code, dx, dy, saved, alpha):
         _silu_b(dx, dy, saved)
 
 
-@compiled
-def sequential_forward(gemm_fn, wide, ops, fl, keys, X, y, idx, labels, probs, losses,
+def _forward_template(gemm_fn, wide, ops, fl, keys, X, y, idx, labels, probs, losses,
                        A, W, P1, P2, Z, M, S1, S2, S3, R1, R2):
     """Training forward: A[0] = X[idx], labels = y[idx] (skipped when idx is
     empty: A[0] and labels are already filled); every block; then, when
@@ -123,24 +122,9 @@ def sequential_forward(gemm_fn, wide, ops, fl, keys, X, y, idx, labels, probs, l
                              ops[k, 4] if drop else 0)
             elif ops[k, 2]:
                 _bias_add(out, P1[k])
-        elif op == ACTIVATION:
-            _activation_forward(ops[k, 1], out.reshape(-1), x.reshape(-1), fl[k, 0])
-        elif op == DROPOUT:
-            _drop_forward(out.reshape(-1), M[k].reshape(-1), x.reshape(-1), keys[k, 0], keys[k, 1],
-                          ops[k, 3], fl[k, 1], ops[k, 4])
-        elif op == BATCHNORM:
-            _bn_forward(out, S1[k], S3[k], S2[k], x, P1[k], P2[k], fl[k, 2])
-            # running = (1 - momentum) * running + momentum * batch, rounded as NumPy does
-            keep = R1[k].dtype.type(1.0 - fl[k, 3])
-            mom = R1[k].dtype.type(fl[k, 3])
-            rm, rv, mean, var = R1[k], R2[k], S1[k], S3[k]
-            for j in range(rm.shape[0]):
-                rm[j] = rm[j] * keep
-                rm[j] = rm[j] + mom * mean[j]
-                rv[j] = rv[j] * keep
-                rv[j] = rv[j] + mom * var[j]
-        else:  # LAYERNORM
-            _ln_forward(out, S1[k], S2[k], x, P1[k], P2[k], fl[k, 2])
+        else:
+            other_forward(op, ops[k], fl[k], keys[k], x, out, M[k], S1[k], S2[k], S3[k], P1[k], P2[k],
+                          R1[k], R2[k])
     if probs.shape[0] == 0:
         return True
     _xent_forward(probs, losses, A[ops.shape[0]], labels)
@@ -150,8 +134,7 @@ def sequential_forward(gemm_fn, wide, ops, fl, keys, X, y, idx, labels, probs, l
     return True
 
 
-@compiled
-def sequential_backward(gemm_fn, wide, ops, fl, need_input_grad, labels, probs,
+def _backward_template(gemm_fn, wide, ops, fl, need_input_grad, labels, probs,
                         A, W, P1, GW, G1, G2, Z, M, S1, S2, D, DZ):
     """Training backward after ``sequential_forward``: when ``probs`` has
     rows, D[L] = the softmax cross-entropy gradient (else D[L] holds the
@@ -178,13 +161,61 @@ def sequential_backward(gemm_fn, wide, ops, fl, need_input_grad, labels, probs,
                 _column_sum(G1[k], dy)
             if want_dx:
                 gemm(gemm_fn, wide, dx, dy, W[k], False, True)
-        elif op == ACTIVATION:
-            saved = A[k + 1] if ops[k, 5] else A[k]
-            _activation_backward(ops[k, 1], dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), fl[k, 0])
-        elif op == DROPOUT:
-            _drop_backward(dx.reshape(-1), dy.reshape(-1), M[k].reshape(-1), fl[k, 1])
-        elif op == BATCHNORM:
-            _bn_backward(dx, G1[k], G2[k], dy, A[k], S1[k], S2[k], P1[k])
-        else:  # LAYERNORM
-            _ln_backward(dx, G1[k], G2[k], dy, A[k], S1[k], S2[k], P1[k])
+        else:
+            other_backward(op, ops[k], fl[k], A[k], A[k + 1], dx, dy, M[k], S1[k], S2[k], P1[k],
+                           G1[k], G2[k])
 
+
+@compiled
+def _other_forward(op, row, frow, key, x, out, mask, s1, s2, s3, p1, p2, r1, r2):
+    """The forward of a block other than Linear: an activation, Dropout,
+    BatchNorm (with its running statistics) or LayerNorm."""
+    if op == ACTIVATION:
+        _activation_forward(row[1], out.reshape(-1), x.reshape(-1), frow[0])
+    elif op == DROPOUT:
+        _drop_forward(out.reshape(-1), mask.reshape(-1), x.reshape(-1), key[0], key[1], row[3], frow[1],
+                      row[4])
+    elif op == BATCHNORM:
+        _bn_forward(out, s1, s3, s2, x, p1, p2, frow[2])
+        # running = (1 - momentum) * running + momentum * batch, rounded as NumPy does
+        keep = r1.dtype.type(1.0 - frow[3])
+        mom = r1.dtype.type(frow[3])
+        for j in range(r1.shape[0]):
+            r1[j] = r1[j] * keep
+            r1[j] = r1[j] + mom * s1[j]
+            r2[j] = r2[j] * keep
+            r2[j] = r2[j] + mom * s3[j]
+    elif op == LAYERNORM:
+        _ln_forward(out, s1, s2, x, p1, p2, frow[2])
+
+
+@compiled
+def _other_backward(op, row, frow, x, y, dx, dy, mask, s1, s2, p1, g1, g2):
+    """The backward of a block other than Linear."""
+    if op == ACTIVATION:
+        saved = y if row[5] else x
+        _activation_backward(row[1], dx.reshape(-1), dy.reshape(-1), saved.reshape(-1), frow[0])
+    elif op == DROPOUT:
+        _drop_backward(dx.reshape(-1), dy.reshape(-1), mask.reshape(-1), frow[1])
+    elif op == BATCHNORM:
+        _bn_backward(dx, g1, g2, dy, x, s1, s2, p1)
+    elif op == LAYERNORM:
+        _ln_backward(dx, g1, g2, dy, x, s1, s2, p1)
+
+
+@compiled
+def _no_other_forward(op, row, frow, key, x, out, mask, s1, s2, s3, p1, p2, r1, r2):
+    """A stack of Linear blocks only: never called (saves compiling every other kernel)."""
+
+
+@compiled
+def _no_other_backward(op, row, frow, x, y, dx, dy, mask, s1, s2, p1, g1, g2):
+    """See ``_no_other_forward``."""
+
+
+# Any stack of the supported blocks; and one of Linear (+ activation + Dropout)
+# blocks only, which compiles in a fraction of the time.
+sequential_forward = specialise(_forward_template, STEP_FLAGS, other_forward=_other_forward)
+sequential_backward = specialise(_backward_template, STEP_FLAGS, other_backward=_other_backward)
+linear_stack_forward = specialise(_forward_template, STEP_FLAGS, other_forward=_no_other_forward)
+linear_stack_backward = specialise(_backward_template, STEP_FLAGS, other_backward=_no_other_backward)
