@@ -247,7 +247,14 @@ class SequentialProgram:
 
     # ---------------------------------------------------------------- step
 
-    def forward(self, n) -> bool:
+    def keep_state(self) -> None:
+        """Leave the last batch's state in the modules (``fit`` calls this
+        once at the end of an epoch rather than at every step)."""
+        if self._n is not None:
+            b = self._sizes[self._n]
+            self._keep_module_state(b["A"], b)
+
+    def forward(self, n, keep_state=True) -> bool:
         """The training forward and the loss of the n rows gathered into
         ``batch(n)``; False when a loss is not finite (nothing else has
         changed then but the Dropout step counters and BatchNorm's running
@@ -257,7 +264,8 @@ class SequentialProgram:
             self.keys[k, 1] = drop.step
         b = self._buffers(n)
         self._n = n
-        self._keep_module_state(b["A"], b)
+        if keep_state:
+            self._keep_module_state(b["A"], b)
         return self._fwd(
             self.gemm_fn, self.wide, self.ops, self.fl, self.keys, b["A"][0], b["labels"], _NO_ROWS,
             b["labels"], b["probs"], b["losses"], b["A"], self.W, self.P1, self.P2, b["Z"], b["M"],

@@ -704,7 +704,7 @@ class _EpochLoop:
                 for live, saved in guard:
                     np.copyto(saved, live)
                 if program is not None:
-                    finite = program.forward(e - s)
+                    finite = program.forward(e - s, keep_state=False)
                     loss, out = program.loss(), program.logits()
                 else:
                     out = model.forward(xb, training=True)
@@ -737,6 +737,9 @@ class _EpochLoop:
             if bar is not None:
                 bar.close()
             raise
+        finally:
+            if program is not None:  # the modules' state after the last step, as layer by layer
+                program.keep_state()
         if self.dp is not None:  # sums over all ranks' rows
             total, *sums = self.dp.sum(total, *sums)
         logs = {"loss": total / n}
