@@ -24,6 +24,7 @@ import inspect
 import numpy as np
 
 from . import _inference
+from ._memory import zeros_at_same_page_offset
 from . import _step
 from . import _validate as V
 from . import functional as F
@@ -45,7 +46,7 @@ class Parameter(np.ndarray):
     def __new__(cls, data, dtype=None):
         arr = np.array(data, dtype=dtype, order="C", copy=True)
         obj = arr.view(cls)
-        obj.grad = np.zeros(arr.shape, arr.dtype)
+        obj.grad = zeros_at_same_page_offset(arr)
         return obj
 
     def __array_finalize__(self, obj):

@@ -46,6 +46,7 @@ import math
 import numpy as np
 
 from . import _validate as V
+from ._memory import zeros_at_same_page_offset
 from . import functional as F
 from .kernels import optim as K
 from .nn import Parameter
@@ -266,7 +267,7 @@ class Optimizer:
         self._table = np.zeros((len(self.param_groups), self._table_width), dtype=np.float64)
 
     def _new_state(self, p, group) -> dict:
-        return {name: np.zeros(p.shape, p.dtype) for name in self._state_names}
+        return {name: zeros_at_same_page_offset(p) for name in self._state_names}
 
     def _sync_groups(self) -> None:
         """Validate groups whose hyperparameters changed since the last step."""
@@ -464,7 +465,7 @@ class Optimizer:
             for sname in self._state_names:
                 if sname in src:
                     if sname not in st:
-                        st[sname] = np.zeros(p.shape, p.dtype)
+                        st[sname] = zeros_at_same_page_offset(p)
                         self._buckets = None
                     st[sname][...] = src[sname]
                 elif sname in st:  # an absent buffer is a zero one (SGD)
@@ -506,14 +507,14 @@ class SGD(Optimizer):
             raise ValueError(f"{_hyper_name(g, 'nesterov')}=True needs momentum > 0")
 
     def _new_state(self, p, group):
-        return {"momentum_buffer": np.zeros(p.shape, p.dtype)} if group["momentum"] > 0 else {}
+        return {"momentum_buffer": zeros_at_same_page_offset(p)} if group["momentum"] > 0 else {}
 
     def _on_group_change(self, g, group):
         if group["momentum"] > 0:
             for i, k in enumerate(self._group_of):
                 if k == g and "momentum_buffer" not in self.state[i]:
                     p = self.params[i]
-                    self.state[i]["momentum_buffer"] = np.zeros(p.shape, p.dtype)
+                    self.state[i]["momentum_buffer"] = zeros_at_same_page_offset(p)
                     self._buckets = None
 
     def _required_state(self, i):

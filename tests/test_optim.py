@@ -759,3 +759,21 @@ def test_mixed_dtypes_and_many_tensors_in_one_optimizer():
     for p, q in zip(a, b):
         assert p.dtype == q.dtype
         assert_close(p, q, "parameter")
+
+
+def test_gradients_and_state_share_the_parameters_page_offset():
+    """fastnn._memory: no 4K aliasing between an update's streams, whatever the allocator did."""
+    from fastnn._memory import PAGE, zeros_at_same_page_offset
+
+    base = np.empty(3 * PAGE, np.uint8)
+    for shift in (0, 16, 64, 1000, 4032):
+        a = base[shift:shift + 2 * PAGE].view(np.float32)
+        z = zeros_at_same_page_offset(a)
+        assert z.shape == a.shape and z.dtype == a.dtype and z.flags.c_contiguous and z.flags.writeable
+        assert (z.ctypes.data - a.ctypes.data) % PAGE == 0 and not z.any()
+    p = nn.Parameter(np.ones((300, 40), np.float32))
+    opt = optim.Adam([p])
+    p.grad[...] = 1.0
+    opt.step()
+    for arr in (p.grad, opt.state[0]["exp_avg"], opt.state[0]["exp_avg_sq"]):
+        assert (arr.ctypes.data - p.ctypes.data) % PAGE == 0
