@@ -74,5 +74,5 @@ def gemm(fn, wide, C, A, B, trans_a, trans_b):
 
 @njit(**NJIT_FLAGS)
 def gemm_any(fn, wide, C, A, B, trans_a, trans_b):
-    """``gemm`` callable from Python (the self-test of ``fastnn._blas``, tests)."""
+    """``gemm`` callable from Python (the tests)."""
     gemm(fn, wide, C, A, B, trans_a, trans_b)
