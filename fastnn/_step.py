@@ -14,9 +14,11 @@ must run instead:
 * a batch so large that the layer path would run some kernel on several
   threads (``PARALLEL_MIN_WORK``): the program runs every kernel serially.
 
-Per step: ``forward(xb, yb)`` (gathered batch in, the loss's finiteness
-out), ``loss()``, ``logits()``, ``backward()``; the optimizer's ``step()``
-is the caller's, unchanged. The modules' Python-side state follows as on
+Per step in ``fit``: gather the batch into ``batch(n)``'s buffers,
+``forward(n)`` (False when a loss is not finite), ``loss()``, ``logits()``,
+``backward()``; the optimizer's ``step()`` is the caller's, unchanged.
+``Sequential.forward/backward`` in training mode use ``module_forward`` /
+``module_backward`` (no loss; a fresh output and input gradient). The modules' Python-side state follows as on
 the layer path (Dropout's step counter and mask, BatchNorm's running
 statistics, each module's saved input), so a module's own ``backward``
 still works after a compiled forward.
@@ -38,6 +40,7 @@ from .kernels import step as _K_step
 
 _ACT_TYPES = None
 _NO_ROWS = np.empty(0, np.int64)  # no gather / no labels
+_MAX_SIZES = 4
 
 
 def _activation_types():
@@ -78,7 +81,7 @@ class _Block:
         self.work = 0.0  # the layer path's largest kernel work per row
 
 
-def _dropout_fields(blk, drop, width):
+def _dropout_fields(blk, drop):
     blk.drop = drop
     blk.threshold = _K_drop.dropout_threshold(drop.p)
     blk.scale = 1.0 / (1.0 - drop.p)
@@ -156,7 +159,7 @@ class SequentialProgram:
                 b.z = block.code != _K_act.RELU
                 b.work = width  # the fused kernels pass work = elements
                 if drop is not None and drop.p > 0:
-                    _dropout_fields(b, drop, width)
+                    _dropout_fields(b, drop)
                     b.offset = int(drop.row_offset)  # rows, for the fused kernel
             elif type(block) is nn.Linear:
                 if block.in_features != width:
@@ -178,7 +181,7 @@ class SequentialProgram:
                     identities.append(block)
                     continue  # the identity; its step counter does not move either
                 b = _Block(_K_step.DROPOUT, width, (block,))
-                _dropout_fields(b, block, width)
+                _dropout_fields(b, block)
                 b.offset = int(block.row_offset) * width  # elements, for the plain kernel
                 b.work = width * _cost(_K_drop, "dropout_forward", dt)
             elif type(block) in (nn.BatchNorm, nn.LayerNorm):
@@ -224,6 +227,8 @@ class SequentialProgram:
     def _buffers(self, n):
         bufs = self._sizes.get(n)
         if bufs is None:
+            if len(self._sizes) >= _MAX_SIZES:  # batch sizes seen: keep the newest few
+                del self._sizes[next(iter(self._sizes))]
             dt, blocks = self.dtype, self.blocks
             e1, e2, e8 = np.empty(0, dt), np.empty((0, 0), dt), np.empty((0, 0), np.uint8)
             A = (np.empty((n, self.in_width), dt),) + tuple(np.empty((n, b.width), dt) for b in blocks)
