@@ -667,14 +667,28 @@ class _EpochLoop:
             program = _step.SequentialProgram.build(model, loss_fn, X)
             if program is not None and program.serial_at(m):
                 self.program = program
+                self.fingerprint = _step._fingerprint(model)
                 if y.dtype != np.int64:  # the program's label buffers (validated labels)
                     self.y = y.astype(np.int64)
+                    self.ybuf = np.empty((m,), np.int64)
+
+    def _current_program(self):
+        """The program, rebuilt if a callback changed what it bakes in (a
+        Dropout's p, a replaced layer...), or None: layer by layer."""
+        if self.program is not None:
+            key = _step._fingerprint(self.model)
+            if key != self.fingerprint:
+                self.program.keep_state()
+                program = _step.SequentialProgram.build(self.model, self.loss_fn, self.X)
+                ok = program is not None and program.serial_at(min(self.batch_size, len(self.X)))
+                self.program, self.fingerprint = (program, key) if ok else (None, None)
+        return self.program
 
     def run(self, epoch):
         """Train one epoch; returns (logs, the open progress bar or None)."""
         model, loss_fn, optimizer, X, y = self.model, self.loss_fn, self.optimizer, self.X, self.y
         bs, n, guard, metrics, back_kw = self.batch_size, self.n_used, self.guard, self.metrics, self.back_kw
-        program = self.program
+        program = self._current_program()
         order = np.random.default_rng([self.seed, epoch]).permutation(len(X)) if self.shuffle else None
         bar = self.bar_cls(total=self.n_batches, desc=f"Epoch {epoch + 1}/{self.epochs}", unit="batch",
                            leave=True, file=sys.stdout, dynamic_ncols=True) if self.bar_cls else None
@@ -701,6 +715,18 @@ class _EpochLoop:
                     np.take(y, idx, axis=0, out=yb, mode="clip")
                 for cb in self.begin_hooks:
                     cb.on_batch_begin(step, {"size": e - s})
+                if self.begin_hooks and program is not None and self._current_program() is not program:
+                    program = self.program  # a hook changed the model: gather again
+                    if program is None:
+                        xb, yb = self.xbuf[:e - s], self.ybuf[:e - s]
+                    else:
+                        xb, yb = program.batch(e - s)
+                    if order is None:
+                        np.copyto(xb, X[s:e])
+                        np.copyto(yb, y[s:e])
+                    else:
+                        np.take(X, order[s:e], axis=0, out=xb, mode="clip")
+                        np.take(y, order[s:e], axis=0, out=yb, mode="clip")
                 for live, saved in guard:
                     np.copyto(saved, live)
                 if program is not None:

@@ -257,3 +257,36 @@ def test_backward_checks_dout_after_a_compiled_forward():
         model.backward(np.ones_like(out).astype(np.float64))
     strided = np.ones((5, 6), np.float32)[:, ::2]  # not contiguous: converted, as on the layer path
     assert model.backward(strided).shape == (5, 6)
+
+
+class _RaiseDropout(fastnn.callbacks.Callback):
+    """Changes what the compiled step bakes in, in the middle of an epoch."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def on_batch_begin(self, batch, logs=None):
+        self.calls += 1
+        if self.calls == 3:
+            self.model[2].p = 0.6
+
+
+@pytest.mark.parametrize("dtype_y", [np.int64, np.int32])
+def test_fit_follows_a_callback_that_changes_the_model(dtype_y, monkeypatch):
+    results = []
+    for use_program in (False, True):
+        fastnn.manual_seed(3)
+        model = nn.Sequential(_layers("seed", np.float32))
+        opt = optim.Adam(model.parameters(), lr=1e-2)
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((150, 20)).astype(np.float32)
+        y = rng.integers(0, 5, 150).astype(dtype_y)
+        real_build = _step.SequentialProgram.build
+        with monkeypatch.context() as mp:
+            mp.setattr(_step.SequentialProgram, "build", real_build if use_program else (lambda *a: None))
+            hist = fastnn.fit(model, nn.SoftmaxCrossEntropy(), opt, X, y, epochs=2, batch_size=32, seed=1,
+                              progress=False, callbacks=[_RaiseDropout(model)])
+        results.append((hist["loss"], [p.copy() for p in model.parameters()]))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_array_equal(a, b)
