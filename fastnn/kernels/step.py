@@ -7,7 +7,8 @@ whole forward (batch gather, every layer, the loss) and one the whole
 backward (loss gradient, every layer), calling the same kernels in the
 same order with the same arguments (their serial builds), and the matrix
 products through NumPy's own BLAS (``_blas.gemm``): the results are the
-layer path's, bit for bit.
+layer path's to rounding (LLVM may vectorise a kernel's reductions
+differently once it is compiled into this one; often the bits are equal).
 
 Layers are "blocks" ``k = 0 .. L-1`` described by table rows, and every
 per-block array sits in a tuple indexed by ``k`` (an unused slot holds an
