@@ -39,7 +39,7 @@ from .kernels import softmax_xent as _K_xent
 from .kernels import step as _K_step
 
 _ACT_TYPES = None
-_NO_ROWS = np.empty(0, np.int64)  # no gather / no labels
+_NO_ROWS = np.empty(0, np.int64)  # no labels
 _MAX_SIZES = 4
 
 
@@ -272,9 +272,8 @@ class SequentialProgram:
         if keep_state:
             self._keep_module_state(b["A"], b)
         return self._fwd(
-            self.gemm_fn, self.wide, self.ops, self.fl, self.keys, b["A"][0], b["labels"], _NO_ROWS,
-            b["labels"], b["probs"], b["losses"], b["A"], self.W, self.P1, self.P2, b["Z"], b["M"],
-            b["S1"], b["S2"], b["S3"], self.R1, self.R2)
+            self.gemm_fn, self.wide, self.ops, self.fl, self.keys, b["labels"], b["probs"], b["losses"],
+            b["A"], self.W, self.P1, self.P2, b["Z"], b["M"], b["S1"], b["S2"], b["S3"], self.R1, self.R2)
 
     def loss(self) -> float:
         """The mean loss of the last forward (rounded as the layer path's)."""
@@ -305,9 +304,8 @@ class SequentialProgram:
         out = np.empty((n, self.out_width), self.dtype)
         A = (x,) + b["A"][1:-1] + (out,)
         self._fwd(
-            self.gemm_fn, self.wide, self.ops, self.fl, self.keys, x, _NO_ROWS, _NO_ROWS, _NO_ROWS,
-            b["probs"][:0], b["losses"][:0], A, self.W, self.P1, self.P2, b["Z"], b["M"],
-            b["S1"], b["S2"], b["S3"], self.R1, self.R2)
+            self.gemm_fn, self.wide, self.ops, self.fl, self.keys, _NO_ROWS, b["probs"][:0], b["losses"][:0],
+            A, self.W, self.P1, self.P2, b["Z"], b["M"], b["S1"], b["S2"], b["S3"], self.R1, self.R2)
         self._module_state = (A, b)
         self._keep_module_state(A, b)
         return out

@@ -3,7 +3,7 @@
 The layer-by-layer path calls one kernel (or np.matmul) per op from
 Python: about 18 calls a step for the seed's network, each paying
 dispatch, argument checks and module bookkeeping. Here one call runs the
-whole forward (batch gather, every layer, the loss) and one the whole
+whole forward (every layer, the loss) and one the whole
 backward (loss gradient, every layer), calling the same kernels in the
 same order with the same arguments (their serial builds), and the matrix
 products through NumPy's own BLAS (``_blas.gemm``): the results are the
@@ -21,7 +21,7 @@ dropout), dropout element offset, activation saves its output]``;
 ``keys[k]`` (uint64): ``[dropout seed, dropout step]``.
 
 ``A[k]`` is block k's input, ``A[k + 1]`` its output (``A[0]`` the
-gathered batch, ``A[L]`` the logits); ``D[k]`` the gradient of the loss
+batch, ``A[L]`` the logits); ``D[k]`` the gradient of the loss
 with respect to ``A[k]``. Block k's parameters are ``W[k]`` (2-D) and
 ``P1[k]``, ``P2[k]`` (bias; or gamma, beta), their gradients ``GW``,
 ``G1``, ``G2``; saved for the backward: ``Z[k]`` (pre-activation of a
@@ -99,16 +99,13 @@ def _activation_backward(code, dx, dy, saved, alpha):
         _silu_b(dx, dy, saved)
 
 
-def _forward_template(gemm_fn, wide, ops, fl, keys, X, y, idx, labels, probs, losses,
-                       A, W, P1, P2, Z, M, S1, S2, S3, R1, R2):
-    """Training forward: A[0] = X[idx], labels = y[idx] (skipped when idx is
-    empty: A[0] and labels are already filled); every block; then, when
-    ``probs`` has rows, softmax cross-entropy of A[L] against labels
-    (``losses`` per row). Returns False when a loss is NaN or infinite."""
-    for i in range(idx.shape[0]):
-        r = idx[i]
-        A[0][i, :] = X[r]
-        labels[i] = y[r]
+def _forward_template(gemm_fn, wide, ops, fl, keys, labels, probs, losses,
+                      A, W, P1, P2, Z, M, S1, S2, S3, R1, R2):
+    """Training forward of the batch in A[0] through every block; then, when
+    ``probs`` has rows, softmax cross-entropy of A[L] against ``labels``
+    (``losses`` per row). Returns False when a loss is NaN or infinite.
+    (The caller gathers the batch: ``np.take`` copied rows 2x faster than a
+    loop here.)"""
     for k in range(ops.shape[0]):
         op = ops[k, 0]
         x = A[k]
@@ -136,7 +133,7 @@ def _forward_template(gemm_fn, wide, ops, fl, keys, X, y, idx, labels, probs, lo
 
 
 def _backward_template(gemm_fn, wide, ops, fl, need_input_grad, labels, probs,
-                        A, W, P1, GW, G1, G2, Z, M, S1, S2, D, DZ):
+                       A, W, P1, GW, G1, G2, Z, M, S1, S2, D, DZ):
     """Training backward after ``sequential_forward``: when ``probs`` has
     rows, D[L] = the softmax cross-entropy gradient (else D[L] holds the
     caller's gradient); then every block in reverse, overwriting the
