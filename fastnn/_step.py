@@ -294,8 +294,9 @@ class SequentialProgram:
     # ------------------------------------- Sequential.forward / .backward
 
     def module_forward(self, x):
-        """Sequential.forward(x, training=True) on an x that ``usable`` accepted:
-        a fresh output array; the state for ``module_backward``."""
+        """Sequential.forward(x, training=True) on an x that the module-level
+        ``module_forward`` accepted: a fresh output array; the state for
+        ``module_backward``."""
         n = x.shape[0]
         for k, drop in self.drops:
             drop.step += 1
