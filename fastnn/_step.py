@@ -252,6 +252,12 @@ class SequentialProgram:
 
     # ---------------------------------------------------------------- step
 
+    def _advance_dropout(self) -> None:
+        """A training forward: each Dropout's step counter moves on, as on the layer path."""
+        for k, drop in self.drops:
+            drop.step += 1
+            self.keys[k, 1] = drop.step
+
     def keep_state(self) -> None:
         """Leave the last batch's state in the modules (``fit`` calls this
         once at the end of an epoch rather than at every step)."""
@@ -264,9 +270,7 @@ class SequentialProgram:
         ``batch(n)``; False when a loss is not finite (nothing else has
         changed then but the Dropout step counters and BatchNorm's running
         statistics, as on the layer path)."""
-        for k, drop in self.drops:
-            drop.step += 1
-            self.keys[k, 1] = drop.step
+        self._advance_dropout()
         b = self._buffers(n)
         self._n = n
         if keep_state:
@@ -298,9 +302,7 @@ class SequentialProgram:
         ``module_forward`` accepted: a fresh output array; the state for
         ``module_backward``."""
         n = x.shape[0]
-        for k, drop in self.drops:
-            drop.step += 1
-            self.keys[k, 1] = drop.step
+        self._advance_dropout()
         b = self._buffers(n)
         out = np.empty((n, self.out_width), self.dtype)
         A = (x,) + b["A"][1:-1] + (out,)

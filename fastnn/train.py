@@ -684,9 +684,25 @@ class _EpochLoop:
                 self.program, self.fingerprint = (program, key) if ok else (None, None)
         return self.program
 
+    def _batch(self, program, order, s, e):
+        """Rows s:e of the epoch (through ``order`` when shuffled): views of
+        X and y, or copies in the program's or this loop's buffers."""
+        X, y = self.X, self.y
+        if program is None and order is None:
+            return X[s:e], y[s:e]
+        xb, yb = program.batch(e - s) if program is not None else (self.xbuf[:e - s], self.ybuf[:e - s])
+        if order is None:
+            np.copyto(xb, X[s:e])
+            np.copyto(yb, y[s:e])
+        else:
+            idx = order[s:e]
+            np.take(X, idx, axis=0, out=xb, mode="clip")
+            np.take(y, idx, axis=0, out=yb, mode="clip")
+        return xb, yb
+
     def run(self, epoch):
         """Train one epoch; returns (logs, the open progress bar or None)."""
-        model, loss_fn, optimizer, X, y = self.model, self.loss_fn, self.optimizer, self.X, self.y
+        model, loss_fn, optimizer, X = self.model, self.loss_fn, self.optimizer, self.X
         bs, n, guard, metrics, back_kw = self.batch_size, self.n_used, self.guard, self.metrics, self.back_kw
         program = self._current_program()
         order = np.random.default_rng([self.seed, epoch]).permutation(len(X)) if self.shuffle else None
@@ -700,33 +716,12 @@ class _EpochLoop:
                 e = min(s + bs, len(X))
                 if self.dp is not None:  # this rank's rows of the global batch
                     s, e = self.dp.share(s, e)
-                if program is not None:
-                    xb, yb = program.batch(e - s)
-                    if order is None:
-                        np.copyto(xb, X[s:e])
-                        np.copyto(yb, y[s:e])
-                elif order is None:
-                    xb, yb = X[s:e], y[s:e]
-                else:
-                    xb, yb = self.xbuf[:e - s], self.ybuf[:e - s]
-                if order is not None:
-                    idx = order[s:e]
-                    np.take(X, idx, axis=0, out=xb, mode="clip")
-                    np.take(y, idx, axis=0, out=yb, mode="clip")
+                xb, yb = self._batch(program, order, s, e)
                 for cb in self.begin_hooks:
                     cb.on_batch_begin(step, {"size": e - s})
                 if self.begin_hooks and program is not None and self._current_program() is not program:
                     program = self.program  # a hook changed the model: gather again
-                    if program is None:
-                        xb, yb = self.xbuf[:e - s], self.ybuf[:e - s]
-                    else:
-                        xb, yb = program.batch(e - s)
-                    if order is None:
-                        np.copyto(xb, X[s:e])
-                        np.copyto(yb, y[s:e])
-                    else:
-                        np.take(X, order[s:e], axis=0, out=xb, mode="clip")
-                        np.take(y, order[s:e], axis=0, out=yb, mode="clip")
+                    xb, yb = self._batch(program, order, s, e)
                 for live, saved in guard:
                     np.copyto(saved, live)
                 if program is not None:

@@ -105,7 +105,8 @@ def _forward_template(gemm_fn, wide, ops, fl, keys, labels, probs, losses,
     ``probs`` has rows, softmax cross-entropy of A[L] against ``labels``
     (``losses`` per row). Returns False when a loss is NaN or infinite.
     (The caller gathers the batch: ``np.take`` copied rows 2x faster than a
-    loop here.)"""
+    loop here.) ``other_forward`` is bound by ``specialise`` at the end of
+    this file."""
     for k in range(ops.shape[0]):
         op = ops[k, 0]
         x = A[k]
@@ -121,7 +122,7 @@ def _forward_template(gemm_fn, wide, ops, fl, keys, labels, probs, losses,
             elif ops[k, 2]:
                 _bias_add(out, P1[k])
         else:
-            other_forward(op, ops[k], fl[k], keys[k], x, out, M[k], S1[k], S2[k], S3[k], P1[k], P2[k],
+            other_forward(op, ops[k], fl[k], keys[k], x, out, M[k], S1[k], S2[k], S3[k], P1[k], P2[k],  # noqa: F821
                           R1[k], R2[k])
     if probs.shape[0] == 0:
         return True
@@ -137,7 +138,8 @@ def _backward_template(gemm_fn, wide, ops, fl, need_input_grad, labels, probs,
     """Training backward after ``sequential_forward``: when ``probs`` has
     rows, D[L] = the softmax cross-entropy gradient (else D[L] holds the
     caller's gradient); then every block in reverse, overwriting the
-    parameter gradients; D[0] only when ``need_input_grad``."""
+    parameter gradients; D[0] only when ``need_input_grad``.
+    ``other_backward`` is bound by ``specialise``."""
     L = ops.shape[0]
     if probs.shape[0] > 0:
         _xent_backward(D[L], probs, labels)
@@ -160,7 +162,7 @@ def _backward_template(gemm_fn, wide, ops, fl, need_input_grad, labels, probs,
             if want_dx:
                 gemm(gemm_fn, wide, dx, dy, W[k], False, True)
         else:
-            other_backward(op, ops[k], fl[k], A[k], A[k + 1], dx, dy, M[k], S1[k], S2[k], P1[k],
+            other_backward(op, ops[k], fl[k], A[k], A[k + 1], dx, dy, M[k], S1[k], S2[k], P1[k],  # noqa: F821
                            G1[k], G2[k])
 
 
