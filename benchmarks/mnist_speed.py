@@ -575,6 +575,8 @@ def main(argv=None):
                 wenv = dict(env)
                 if b == "numba-unmanaged":
                     wenv.update(FASTNN_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE", FASTNN_PARALLEL_MIN_WORK="0")
+                if b == "jax":
+                    wenv["JAX_PLATFORMS"] = "cpu"  # a CPU race: never an accelerator JAX finds
                 if b == "jax" and args.threads:
                     if args.threads == 1:
                         wenv["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
