@@ -111,11 +111,17 @@ _CACHE = _setup_cache_dir()
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT_FLAGS = dict(cache=_CACHE, fastmath=FASTMATH, error_model="numpy", nogil=True)
 
-# A parallel launch (about 50 us on workqueue) must save more than it costs:
-# with T threads it saves (1 - 1/T) of the serial time, so the work (elements,
-# see Kernel) must reach LAUNCH_WORK * T / (T - 1): 2**20 on 2 threads, where
-# the serial Adam update of the seed network (940k) measured 10% faster per
-# epoch than the parallel one; about 2**19 on 16. One thread: never parallel.
+# A parallel launch must save more than it costs: with T threads it saves
+# (1 - 1/T) of the serial time, so the work (cost-weighted elements, see
+# Kernel) must reach LAUNCH_WORK * T / (T - 1) * growth(T). LAUNCH_WORK is
+# calibrated on 2 threads (a workqueue launch 64-92 us): 2**20 there, where the
+# serial Adam update of the seed network (940k) measured 10% faster per epoch
+# than the parallel one. workqueue wakes its workers one by one, so a launch
+# costs more with more threads (about 350 us on 16: a ReLU forward + backward
+# at (1024, 1024) took 0.87-1.03 ms parallel); growth(T) = 1 + (T - 2) / 8
+# puts 16 threads at 1.5M, which keeps that Adam update serial (the seed
+# network trained 1.2-1.3x faster per epoch on 16 cores with it serial) and
+# (4096, 1024) element-wise ops parallel. One thread: never parallel.
 LAUNCH_WORK = 1 << 19
 _MIN_WORK_ENV = os.environ.get("FASTNN_PARALLEL_MIN_WORK")
 
@@ -125,7 +131,7 @@ def _parallel_min_work(threads: int) -> int:
         return int(_MIN_WORK_ENV)
     if threads <= 1:
         return 1 << 62
-    return LAUNCH_WORK * threads // (threads - 1)
+    return int(LAUNCH_WORK * threads / (threads - 1) * (1 + (threads - 2) / 8))
 
 
 PARALLEL_MIN_WORK = _parallel_min_work(numba.config.NUMBA_NUM_THREADS)

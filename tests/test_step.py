@@ -340,3 +340,26 @@ def test_fit_follows_a_callback_that_changes_the_model(dtype_y, monkeypatch):
     _close(np.array(results[1][0]), np.array(results[0][0]), dtype=np.float32)
     for a, b in zip(results[0][1], results[1][1]):
         _close(b, a)
+
+
+def test_seed_network_step_and_update_run_serially_on_2_and_16_threads(monkeypatch):
+    """The thread threshold (docs/design.md, "Sixteen cores"): on 2 and on 16
+    threads the seed network's step at batch 64-1024 and its Adam update
+    (4 units of work per parameter) stay below ``PARALLEL_MIN_WORK``; on 16
+    threads a (4096, 1024) ReLU forward goes parallel."""
+    from fastnn import _config
+    from fastnn.kernels.activations import COST
+
+    monkeypatch.delenv("FASTNN_PARALLEL_MIN_WORK", raising=False)
+    monkeypatch.setattr(_config, "_MIN_WORK_ENV", None)
+    model = nn.Sequential([nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 128), nn.ReLU(),
+                           nn.Dropout(0.2), nn.Linear(128, 10)])
+    program = _step.SequentialProgram.build(model, nn.SoftmaxCrossEntropy(), np.zeros((8, 784), np.float32))
+    adam_work = 4 * sum(p.size for p in model.parameters())
+    assert _config._parallel_min_work(2) == 1 << 20
+    for threads in (2, 16):
+        monkeypatch.setattr(_config, "PARALLEL_MIN_WORK", _config._parallel_min_work(threads))
+        assert all(program.serial_at(n) for n in (64, 256, 1024)), threads
+        assert adam_work < _config.PARALLEL_MIN_WORK, threads
+    assert 4096 * 1024 * COST["relu_forward"][0] >= _config._parallel_min_work(16)
+    assert _config._parallel_min_work(1) > 1 << 60
