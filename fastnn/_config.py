@@ -120,7 +120,7 @@ NJIT_FLAGS = dict(cache=_CACHE, fastmath=FASTMATH, error_model="numpy", nogil=Tr
 # costs more with more threads (about 350 us on 16: a ReLU forward + backward
 # at (1024, 1024) took 0.87-1.03 ms parallel); growth(T) = 1 + (T - 2) / 8
 # puts 16 threads at 1.5M, which keeps that Adam update serial (the seed
-# network trained 1.2-1.3x faster per epoch on 16 cores with it serial) and
+# network trained 1.15-1.27x faster per epoch on 16 cores with it serial) and
 # (4096, 1024) element-wise ops parallel. One thread: never parallel.
 LAUNCH_WORK = 1 << 19
 _MIN_WORK_ENV = os.environ.get("FASTNN_PARALLEL_MIN_WORK")
