@@ -188,6 +188,10 @@ class Optimizer:
     _checks: dict = {}
     _state_names: tuple = ()
     _table_width = 1
+    # Units of kernel work per parameter element (``Kernel``'s ``work=``): an
+    # update touches several arrays per element, so its parallel build pays
+    # off at fewer elements than an activation's.
+    UPDATE_WORK = 1
 
     def __init__(self, params, defaults: dict, backend=None):
         if backend is not None:
@@ -497,6 +501,7 @@ class SGD(Optimizer):
     _checks = {"lr": _nonneg, "momentum": _nonneg, "nesterov": _flag, "weight_decay": _nonneg}
     _state_names = ("momentum_buffer",)
     _table_width = len(K.SGD_HYPER)
+    UPDATE_WORK = 3
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, *, backend=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov,
@@ -527,7 +532,7 @@ class SGD(Optimizer):
         for b in buckets:
             if numba_:
                 K.multi_sgd_update(b.params, b.states[0], b.grads, b.group_of, table, b.chunks,
-                                   work=3 * b.size)
+                                   work=self.UPDATE_WORK * b.size)
             else:
                 R.multi_sgd_update(b.params, b.states[0], b.grads, b.group_of, table, b.chunks)
 
@@ -567,6 +572,7 @@ class Adam(Optimizer):
                "weight_decay": _nonneg}
     _state_names = ("exp_avg", "exp_avg_sq")
     _table_width = len(K.ADAM_HYPER)
+    UPDATE_WORK = 4
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *,
@@ -587,10 +593,8 @@ class Adam(Optimizer):
         for b in buckets:
             m, v = b.states
             if numba_:
-                # work: an update touches several arrays per element, so the
-                # parallel build pays off at fewer elements than an activation
                 K.multi_adam_update(b.params, m, v, b.grads, b.group_of, table, b.chunks,
-                                    work=4 * b.size)
+                                    work=self.UPDATE_WORK * b.size)
             else:
                 R.multi_adam_update(b.params, m, v, b.grads, b.group_of, table, b.chunks)
 

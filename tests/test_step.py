@@ -345,7 +345,7 @@ def test_fit_follows_a_callback_that_changes_the_model(dtype_y, monkeypatch):
 def test_seed_network_step_and_update_run_serially_on_2_and_16_threads(monkeypatch):
     """The thread threshold (docs/design.md, "Sixteen cores"): on 2 and on 16
     threads the seed network's step at batch 64-1024 and its Adam update
-    (4 units of work per parameter) stay below ``PARALLEL_MIN_WORK``; on 16
+    stay below ``PARALLEL_MIN_WORK``; on 16
     threads a (4096, 1024) ReLU forward goes parallel."""
     from fastnn import _config
     from fastnn.kernels.activations import COST
@@ -355,7 +355,7 @@ def test_seed_network_step_and_update_run_serially_on_2_and_16_threads(monkeypat
     model = nn.Sequential([nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 128), nn.ReLU(),
                            nn.Dropout(0.2), nn.Linear(128, 10)])
     program = _step.SequentialProgram.build(model, nn.SoftmaxCrossEntropy(), np.zeros((8, 784), np.float32))
-    adam_work = 4 * sum(p.size for p in model.parameters())
+    adam_work = optim.Adam.UPDATE_WORK * sum(p.size for p in model.parameters())
     assert _config._parallel_min_work(2) == 1 << 20
     for threads in (2, 16):
         monkeypatch.setattr(_config, "PARALLEL_MIN_WORK", _config._parallel_min_work(threads))
