@@ -9,12 +9,16 @@ development machine (docs/design.md has the figures):
 
 * OpenBLAS at its defaults. Telling its idle threads to sleep at once
   (``OPENBLAS_THREAD_TIMEOUT=4``) made the products themselves 1.4x slower.
-* numba's ``workqueue`` threading layer: numba's own pthreads, which sleep
-  on a condition variable between launches. The ``omp`` layer shares GNU
-  OpenMP with PyTorch (one libgomp per process): its threads spin after a
-  parallel region unless ``OMP_WAIT_POLICY=PASSIVE``, which fought
-  OpenBLAS's spinning threads (an epoch 10x slower) and, set by fastnn,
-  made PyTorch in the same process 1.9x slower.
+* numba's ``tbb`` threading layer (Intel oneTBB, the ``tbb`` package)
+  where it loads, else ``workqueue``. TBB's workers spin briefly after a
+  launch, yielding the core, then sleep: a launch right after another costs
+  about 3 us against 64-92 us on ``workqueue`` (whose pthreads sleep on a
+  condition variable), and a BLAS product right after a TBB launch runs at
+  its own speed. The ``omp`` layer shares GNU OpenMP with PyTorch (one
+  libgomp per process): its threads spin after a parallel region unless
+  ``OMP_WAIT_POLICY=PASSIVE``, which fought OpenBLAS's spinning threads (an
+  epoch 10x slower) and, set by fastnn, made PyTorch in the same process
+  1.9x slower.
 * Kernels below ``PARALLEL_MIN_WORK`` elements (2**20 on 2 threads, about
   2**19 on many; see ``_parallel_min_work``) run serially in the calling
   thread: no launch, no wake-up, no contention with BLAS's threads. On 2
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import types
 import warnings
@@ -39,12 +44,49 @@ from numba import njit
 from numba.core import types as nbtypes
 from numba.extending import overload
 
+
+def _load_tbb() -> bool:
+    """Make numba's ``tbb`` threading layer loadable; True when it is.
+
+    The ``tbb`` wheel puts ``libtbb.so.12`` in the environment's ``lib``
+    directory, which the dynamic loader does not search in a virtual
+    environment, so numba cannot start it there on its own. Loading the
+    library by its full path first lets numba's ``tbbpool`` find it by name.
+    """
+    import ctypes
+    import importlib.metadata
+
+    names = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}
+    name = names.get(sys.platform)
+    if name is None:
+        return False
+    try:
+        files = importlib.metadata.files("tbb") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    paths = [str(f.locate()) for f in files if f.name == name]
+    for path in paths + [name]:  # the wheel's copy, then the loader's search path
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+            if lib.TBB_runtime_interface_version() < 12060:  # what numba requires
+                return False
+            from numba.np.ufunc import tbbpool  # noqa: F401  (links against it)
+            return True
+        except (OSError, AttributeError, ImportError):
+            continue
+    return False
+
+
 # numba reads NUMBA_THREADING_LAYER into this setting; "default" means unset.
 _layer = os.environ.get("FASTNN_THREADING_LAYER")
 if _layer:
     numba.config.THREADING_LAYER = _layer
+    if _layer == "tbb":
+        _load_tbb()
 elif numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "tbb" if _load_tbb() else "workqueue"
+elif numba.config.THREADING_LAYER in ("tbb", "safe", "threadsafe"):
+    _load_tbb()
 
 
 def _writable_dir(path: str, private: bool = False) -> bool:

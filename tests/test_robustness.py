@@ -166,15 +166,52 @@ print("ok", layer)
 """
 
 
-@pytest.mark.parametrize("layer", ["omp", "workqueue"])
+def _tbb_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("tbb")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("layer", ["tbb", "omp", "workqueue"])
 def test_threads_train_and_call_kernels_concurrently(tmp_path, layer):
     """Four threads train separate models and call every op family at once
     (three on numba, one on the numpy backend via the thread-local
     use_backend): no abort, and results bit-equal to one-after-another runs.
     workqueue is not thread-safe; it only survives thanks to _config's
     launch lock (without it numba terminates the process)."""
+    if layer == "tbb" and not _tbb_installed():
+        pytest.skip("the tbb package is not installed")
     proc = _run_script(tmp_path, THREADS_SRC, layer, env=_env(FASTNN_THREADING_LAYER=layer))
     assert f"ok {layer}" in _ok(proc)
+
+
+DEFAULT_LAYER_SRC = """
+import numpy as np
+import fastnn
+from fastnn import _config
+x = np.ones((4096, 1024), np.float32)
+fastnn.functional.relu(x)
+fastnn.functional.sigmoid(x)  # above PARALLEL_MIN_WORK on 2 threads and more
+print("layer", fastnn.threading_info()["numba_threading_layer"])
+"""
+
+
+def test_default_threading_layer_is_tbb_where_installed(tmp_path):
+    """With the ``tbb`` package installed (a dependency on x86-64), fastnn's
+    parallel kernels run on numba's tbb layer, in a virtual environment too,
+    where the loader does not search the environment's lib directory (no
+    LD_LIBRARY_PATH here); without it, on workqueue."""
+    env = _env()
+    for k in ("LD_LIBRARY_PATH", "NUMBA_THREADING_LAYER", "FASTNN_THREADING_LAYER", "NUMBA_NUM_THREADS"):
+        env.pop(k, None)
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = _ok(_run_script(tmp_path, DEFAULT_LAYER_SRC, env=env))
+    want = "tbb" if _tbb_installed() else "workqueue"
+    assert f"layer {want}" in out
 
 
 def test_check_finite_context_is_per_thread():
