@@ -13,7 +13,11 @@ worker process, started without fastnn's environment variables, in
 interleaved rounds (fastnn, torch, fastnn, torch, ...); the time reported
 is the median of every timed repeat of every round (``--repeats`` per round,
 after ``--warmup`` untimed ones). ``ratio = fastnn / torch``: above 1,
-PyTorch is faster.
+PyTorch is faster. Each worker times Linear after every other module: a
+BLAS product leaves OpenBLAS's workers spinning on the other cores for a
+while, which slows a parallel fastnn kernel run right after it (inside a
+Sequential and an optimizer update fastnn's kernels therefore go parallel
+only at larger sizes, see fastnn/_config.py).
 
 For the memory-bound modules the table adds GB/s: the bytes the op must move
 at least (forward: read x, write y; backward: read dy and what the forward
@@ -146,17 +150,23 @@ def run_worker(args):
         make, info = torch_case, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     rng = np.random.default_rng(0)
     rows = []
-    for dtype in args.dtypes:
-        for n, d in args.sizes:
-            if args.worker == "fastnn":
-                src = rng.standard_normal((n, d)).astype(dtype)
-                dst = np.empty_like(src)
-                rows.append({"op": "copyto", "shape": [n, d], "dtype": dtype,
-                             "times": median_time(lambda: np.copyto(dst, src), args.repeats, args.warmup)})
-            for op in args.ops:
-                step = make(op, n, d, dtype, rng)
-                rows.append({"op": op, "shape": [n, d], "dtype": dtype,
-                             "times": median_time(step, args.repeats, args.warmup)})
+    # Linear last: after a BLAS product OpenBLAS's workers spin on the other
+    # cores for a while, and a parallel fastnn kernel then shares them (not
+    # PyTorch's, whose products and kernels share one pool). Timed after the
+    # other modules, each module is timed on its own.
+    groups = ([op for op in args.ops if op != "linear"], [op for op in args.ops if op == "linear"])
+    for g, ops in enumerate(groups):
+        for dtype in args.dtypes:
+            for n, d in args.sizes:
+                if args.worker == "fastnn" and g == 0:
+                    src = rng.standard_normal((n, d)).astype(dtype)
+                    dst = np.empty_like(src)
+                    rows.append({"op": "copyto", "shape": [n, d], "dtype": dtype,
+                                 "times": median_time(lambda: np.copyto(dst, src), args.repeats, args.warmup)})
+                for op in ops:
+                    step = make(op, n, d, dtype, rng)
+                    rows.append({"op": op, "shape": [n, d], "dtype": dtype,
+                                 "times": median_time(step, args.repeats, args.warmup)})
     return {"framework": args.worker, "imported_fastnn": "fastnn" in sys.modules,
             "imported_torch": "torch" in sys.modules, "rows": rows, **info}
 

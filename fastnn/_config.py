@@ -13,16 +13,21 @@ development machine (docs/design.md has the figures):
   where it loads, else ``workqueue``. TBB's workers spin briefly after a
   launch, yielding the core, then sleep: a launch right after another costs
   about 3 us against 64-92 us on ``workqueue`` (whose pthreads sleep on a
-  condition variable), and a BLAS product right after a TBB launch runs at
-  its own speed. The ``omp`` layer shares GNU OpenMP with PyTorch (one
+  condition variable), and a BLAS product right after a TBB launch runs
+  nearly at its own speed (171 against 166 us on 2 cores, 150 against 132 on
+  16). The ``omp`` layer shares GNU OpenMP with PyTorch (one
   libgomp per process): its threads spin after a parallel region unless
   ``OMP_WAIT_POLICY=PASSIVE``, which fought OpenBLAS's spinning threads (an
   epoch 10x slower) and, set by fastnn, made PyTorch in the same process
   1.9x slower.
-* Kernels below ``PARALLEL_MIN_WORK`` elements (2**20 on 2 threads, about
-  2**19 on many; see ``_parallel_min_work``) run serially in the calling
-  thread: no launch, no wake-up, no contention with BLAS's threads. On 2
-  cores every kernel of the seed network's step runs serially.
+* Kernels below a threshold run serially in the calling thread: no launch,
+  no wake-up, no contention with BLAS's threads. Between BLAS products (a
+  Sequential's layers, an optimizer update, the compiled step), where
+  OpenBLAS's workers still spin on the other cores, ``STEP_PARALLEL_MIN_WORK``
+  (2**20 units of work on 2 threads, 1.5M on 16): every kernel of the seed
+  network's step runs serially on 2 and 16 cores. Elsewhere (a module or a
+  functional op called on its own) ``PARALLEL_MIN_WORK``: the same on
+  workqueue, 2**18 on 2 threads and 140k on 16 on tbb.
 
 Overrides, read at ``import fastnn``: ``FASTNN_THREADING_LAYER`` (e.g.
 ``omp``, with your own ``OMP_WAIT_POLICY``), ``NUMBA_THREADING_LAYER``,
@@ -153,22 +158,35 @@ _CACHE = _setup_cache_dir()
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 NJIT_FLAGS = dict(cache=_CACHE, fastmath=FASTMATH, error_model="numpy", nogil=True)
 
-# A parallel launch must save more than it costs: with T threads it saves
-# (1 - 1/T) of the serial time, so the work (cost-weighted elements, see
-# Kernel) must reach LAUNCH_WORK * T / (T - 1) * growth(T). LAUNCH_WORK is
-# calibrated on 2 threads (a workqueue launch 64-92 us): 2**20 there, where the
-# serial Adam update of the seed network (940k) measured 10% faster per epoch
-# than the parallel one. workqueue wakes its workers one by one, so a launch
-# costs more with more threads (about 350 us on 16: a ReLU forward + backward
-# at (1024, 1024) took 0.87-1.03 ms parallel); growth(T) = 1 + (T - 2) / 8
-# puts 16 threads at 1.5M, which keeps that Adam update serial (the seed
-# network trained 1.15-1.27x faster per epoch on 16 cores with it serial) and
-# (4096, 1024) element-wise ops parallel. One thread: never parallel.
+# Two thresholds, in units of work (cost-weighted elements, see Kernel). A
+# parallel launch must save more than it costs: with T threads it saves
+# (1 - 1/T) of the serial time.
+#
+# STEP_PARALLEL_MIN_WORK, for kernels between BLAS products (a Sequential's
+# layers, the compiled step, an optimizer update): after a product
+# OpenBLAS's workers spin for a while on the other cores, and a parallel
+# kernel there shares them. LAUNCH_WORK * T / (T - 1) * growth(T), calibrated
+# in training on 2 threads: 2**20 there, where the serial Adam update of the
+# seed network (940k) measured 10% faster per epoch than the parallel one (on
+# tbb too: 112-148 against 129-202 us a step); growth(T) = 1 + (T - 2) / 8
+# puts 16 threads at 1.5M, which keeps that update serial (the seed network
+# trained 1.15-1.27x faster per epoch on 16 cores with it serial; a 1M-element
+# ReLU right after a product took 384 us on 16 tbb threads, 359 serially).
+#
+# PARALLEL_MIN_WORK, for a kernel called on its own (a module, a functional
+# op): on workqueue the same (a launch costs 64-92 us on 2 threads and about
+# 350 us on 16, where it wakes its workers one by one); on tbb, whose launch
+# costs 3-25 us on 2 threads and 20-40 us on 16, TBB_LAUNCH_WORK * T / (T - 1):
+# 2**18 on 2 threads (a 1M-element ReLU 61-100 us on 2 threads, 97-106
+# serially), 140k on 16 (111 against 331 us; 262k elements: 75 against 61).
+# One thread: never parallel. FASTNN_PARALLEL_MIN_WORK sets both.
 LAUNCH_WORK = 1 << 19
+TBB_LAUNCH_WORK = 1 << 17
 _MIN_WORK_ENV = os.environ.get("FASTNN_PARALLEL_MIN_WORK")
+_TBB = numba.config.THREADING_LAYER == "tbb"
 
 
-def _parallel_min_work(threads: int) -> int:
+def _step_parallel_min_work(threads: int) -> int:
     if _MIN_WORK_ENV:
         return int(_MIN_WORK_ENV)
     if threads <= 1:
@@ -176,7 +194,33 @@ def _parallel_min_work(threads: int) -> int:
     return int(LAUNCH_WORK * threads / (threads - 1) * (1 + (threads - 2) / 8))
 
 
+def _parallel_min_work(threads: int, tbb: bool | None = None) -> int:
+    if _MIN_WORK_ENV or threads <= 1 or not (_TBB if tbb is None else tbb):
+        return _step_parallel_min_work(threads)
+    return int(TBB_LAUNCH_WORK * threads / (threads - 1))
+
+
 PARALLEL_MIN_WORK = _parallel_min_work(numba.config.NUMBA_NUM_THREADS)
+STEP_PARALLEL_MIN_WORK = _step_parallel_min_work(numba.config.NUMBA_NUM_THREADS)
+
+_local = threading.local()
+
+
+class between_products:
+    """Context manager: the kernels called inside run between BLAS products
+    (a Sequential's layers, an optimizer update) and go parallel only from
+    ``STEP_PARALLEL_MIN_WORK``. Per thread; nests."""
+
+    __slots__ = ("_outer",)
+
+    def __enter__(self):
+        self._outer = getattr(_local, "between_products", False)
+        _local.between_products = True
+        return self
+
+    def __exit__(self, *exc):
+        _local.between_products = self._outer
+        return False
 
 _forked_child = False
 
@@ -280,7 +324,8 @@ class Kernel:
         self.parallel = njit(parallel=True, **NJIT_FLAGS)(_renamed(fn, tag))
 
     def __call__(self, *args, work: int = 0):
-        if work >= PARALLEL_MIN_WORK and not _forked_child:
+        if work >= PARALLEL_MIN_WORK and not _forked_child and (
+                work >= STEP_PARALLEL_MIN_WORK or not getattr(_local, "between_products", False)):
             if _lock_launches is False:
                 return self.parallel(*args)
             return _locked_launch(self.parallel, args)
@@ -339,10 +384,11 @@ def set_num_threads(n: int, blas: bool = True) -> None:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    global PARALLEL_MIN_WORK
+    global PARALLEL_MIN_WORK, STEP_PARALLEL_MIN_WORK
     n_numba = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n_numba)
     PARALLEL_MIN_WORK = _parallel_min_work(n_numba)
+    STEP_PARALLEL_MIN_WORK = _step_parallel_min_work(n_numba)
     if blas:
         from threadpoolctl import threadpool_limits
 
@@ -370,6 +416,7 @@ def threading_info() -> dict:
             if d.get("user_api") == "blas"
         ],
         "parallel_min_work": PARALLEL_MIN_WORK,
+        "step_parallel_min_work": STEP_PARALLEL_MIN_WORK,
     }
 
 

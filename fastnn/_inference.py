@@ -61,7 +61,7 @@ def eval_forward(model, x):
     if not (type(x) is np.ndarray and x.dtype == dt and x.ndim == 2
             and x.shape[1] == first.in_features and x.shape[0] > 0):
         return None
-    model._ran = None  # nothing saved: a backward must not use an older forward's state
+    object.__setattr__(model, "_ran", None)  # nothing saved: a backward must not use an older forward's state
     n, last = x.shape[0], len(steps) - 1
     for k, step in enumerate(steps):
         kind, layer = step[0], step[1]

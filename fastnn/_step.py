@@ -12,7 +12,7 @@ must run instead:
 * mixed dtypes, non-contiguous arrays, widths that do not chain;
 * the NumPy backend, finite checks on, no usable BLAS (``fastnn._blas``);
 * a batch so large that the layer path would run some kernel on several
-  threads (``PARALLEL_MIN_WORK``): the program runs every kernel serially.
+  threads (``STEP_PARALLEL_MIN_WORK``): the program runs every kernel serially.
 
 Per step in ``fit``: gather the batch into ``batch(n)``'s buffers,
 ``forward(n)`` (False when a loss is not finite), ``loss()``, ``logits()``,
@@ -220,7 +220,7 @@ class SequentialProgram:
     def serial_at(self, n: int) -> bool:
         """True when the layer path would run every kernel of a batch of n
         rows serially, as this program does."""
-        return n * self.work_per_row < _config.PARALLEL_MIN_WORK
+        return n * self.work_per_row < _config.STEP_PARALLEL_MIN_WORK
 
     # ------------------------------------------------------------ buffers
 

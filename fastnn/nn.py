@@ -23,6 +23,7 @@ import inspect
 
 import numpy as np
 
+from . import _config
 from . import _inference
 from ._memory import zeros_at_same_page_offset
 from . import _step
@@ -68,6 +69,9 @@ class Parameter(np.ndarray):
 
 
 _PLAIN_TYPES = frozenset({np.ndarray, type(None), tuple, int, float, bool, str, dict})
+# Sets an internal cache attribute without Module's registration (a list of
+# modules assigned as usual would become a submodule list).
+_set_cache = object.__setattr__
 
 
 def _module_list(value: list) -> bool:
@@ -875,6 +879,10 @@ class Sequential(Module):
         return blocks
 
     def forward(self, x, training=None):
+        with _config.between_products():  # kernels between BLAS products: see _config
+            return self._forward(x, training)
+
+    def _forward(self, x, training):
         training = self._is_training(training)
         if not training:  # inference fast path, no saved activations (fastnn/_inference.py)
             y = _inference.eval_forward(self, x)
@@ -883,7 +891,7 @@ class Sequential(Module):
         else:  # the compiled training step's forward where it applies (fastnn/_step.py)
             y = _step.module_forward(self, x)
             if y is not None:
-                self._ran = _step.PROGRAM_RAN
+                _set_cache(self, "_ran", _step.PROGRAM_RAN)
                 return y
         blocks = self._plan()
         last = len(blocks) - 1
@@ -893,10 +901,14 @@ class Sequential(Module):
                 x = block.forward(x, training, backend, reuse_out=k != last)
             else:
                 x = block.forward(x, training=training)
-        self._ran = blocks
+        _set_cache(self, "_ran", blocks)  # a cache, not a submodule list
         return x
 
     def backward(self, dout=None, need_input_grad: bool = True):
+        with _config.between_products():
+            return self._backward(dout, need_input_grad)
+
+    def _backward(self, dout, need_input_grad):
         if dout is None:  # the seed's model.backward() after model.compute_loss()
             if self.loss is None:
                 raise RuntimeError("Sequential.backward() without dout needs model.compute_loss(output, y) first")

@@ -45,6 +45,7 @@ import math
 
 import numpy as np
 
+from . import _config
 from . import _validate as V
 from ._memory import zeros_at_same_page_offset
 from . import functional as F
@@ -316,7 +317,8 @@ class Optimizer:
         for g, group in enumerate(self.param_groups):
             steps[g] += 1
             self._table[g] = self._hyper_row(group, steps[g])
-        self._update(buckets, self._table, F._numba(self.backend))
+        with _config.between_products():  # right after a backward's products
+            self._update(buckets, self._table, F._numba(self.backend))
 
     def _hyper_row(self, group, t) -> tuple:  # pragma: no cover - abstract
         raise NotImplementedError

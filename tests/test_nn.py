@@ -493,3 +493,21 @@ def test_whole_model_gradients_match_finite_differences(backend, fuse):
     for name, p in model.named_parameters():
         np.testing.assert_allclose(analytic[name], numeric_grad(loss, p), rtol=1e-5, atol=1e-8,
                                    err_msg=name)
+
+
+def test_training_forward_after_a_layer_path_forward():
+    """A Sequential whose eval forward ran layer by layer (no inference fast
+    path for a model that starts with an activation) trains next through the
+    compiled step, and the reverse: the cache of what ran is not a submodule
+    (this raised TypeError once)."""
+    x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    model = nn.Sequential([nn.ReLU(), nn.Linear(32, 8)])
+    keys = list(model.state_dict())
+    y_eval = model.forward(x, training=False)
+    y_train = model.forward(x, training=True)
+    np.testing.assert_allclose(y_train, y_eval, rtol=1e-6)
+    dx = model.backward(np.ones((64, 8), np.float32))
+    assert dx.shape == x.shape
+    model.forward(x[:3], training=True)
+    model.forward(x, training=False)
+    assert list(model.state_dict()) == keys and len(model.parameters()) == 2

@@ -217,7 +217,7 @@ def test_parallel_sized_batches_take_the_layer_path(monkeypatch):
     prog = _step.SequentialProgram.build(nn.Sequential([nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)]),
                                          nn.SoftmaxCrossEntropy(), np.ones((10, 6), np.float32))
     assert prog.serial_at(64)
-    monkeypatch.setattr(fastnn._config, "PARALLEL_MIN_WORK", 100)
+    monkeypatch.setattr(fastnn._config, "STEP_PARALLEL_MIN_WORK", 100)
     assert not prog.serial_at(64)
 
 
@@ -343,23 +343,77 @@ def test_fit_follows_a_callback_that_changes_the_model(dtype_y, monkeypatch):
 
 
 def test_seed_network_step_and_update_run_serially_on_2_and_16_threads(monkeypatch):
-    """The thread threshold (docs/design.md, "Sixteen cores"): on 2 and on 16
-    threads the seed network's step at batch 64-1024 and its Adam update
-    stay below ``PARALLEL_MIN_WORK``; on 16
-    threads a (4096, 1024) ReLU forward goes parallel."""
+    """The thresholds (fastnn/_config.py; docs/design.md, "Sixteen cores"):
+    on 2 and on 16 threads the seed network's step at batch 64-1024 and its
+    Adam update stay below ``STEP_PARALLEL_MIN_WORK``; a (4096, 1024) ReLU
+    forward between products goes parallel on 16 threads. On tbb, a kernel
+    called on its own goes parallel from a quarter of that on 2 threads."""
     from fastnn import _config
     from fastnn.kernels.activations import COST
 
-    monkeypatch.delenv("FASTNN_PARALLEL_MIN_WORK", raising=False)
     monkeypatch.setattr(_config, "_MIN_WORK_ENV", None)
     model = nn.Sequential([nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2), nn.Linear(256, 128), nn.ReLU(),
                            nn.Dropout(0.2), nn.Linear(128, 10)])
     program = _step.SequentialProgram.build(model, nn.SoftmaxCrossEntropy(), np.zeros((8, 784), np.float32))
     adam_work = optim.Adam.UPDATE_WORK * sum(p.size for p in model.parameters())
-    assert _config._parallel_min_work(2) == 1 << 20
+    assert _config._step_parallel_min_work(2) == 1 << 20
     for threads in (2, 16):
-        monkeypatch.setattr(_config, "PARALLEL_MIN_WORK", _config._parallel_min_work(threads))
+        monkeypatch.setattr(_config, "STEP_PARALLEL_MIN_WORK", _config._step_parallel_min_work(threads))
         assert all(program.serial_at(n) for n in (64, 256, 1024)), threads
-        assert adam_work < _config.PARALLEL_MIN_WORK, threads
-    assert 4096 * 1024 * COST["relu_forward"][0] >= _config._parallel_min_work(16)
-    assert _config._parallel_min_work(1) > 1 << 60
+        assert adam_work < _config.STEP_PARALLEL_MIN_WORK, threads
+    assert 4096 * 1024 * COST["relu_forward"][0] >= _config._step_parallel_min_work(16)
+    assert _config._parallel_min_work(2, tbb=True) == 1 << 18
+    assert _config._parallel_min_work(2, tbb=False) == 1 << 20
+    for threads in (2, 16):
+        assert _config._parallel_min_work(threads, tbb=True) < _config._step_parallel_min_work(threads)
+    assert _config._parallel_min_work(1, tbb=True) > 1 << 60
+    assert _config._step_parallel_min_work(1) > 1 << 60
+
+
+def _spy_builds(monkeypatch, kern):
+    """Record which build of ``kern`` runs: 'serial' or 'parallel'."""
+    ran = []
+    for build in ("serial", "parallel"):
+        fn = getattr(kern, build)
+        monkeypatch.setattr(kern, build, lambda *a, _fn=fn, _b=build: (ran.append(_b), _fn(*a))[1])
+    return ran
+
+
+def test_kernels_between_products_use_the_step_threshold(monkeypatch):
+    """A kernel whose work lies between the two thresholds runs in parallel
+    when called on its own (a functional op, a lone module) and serially
+    inside a Sequential's forward and backward and an optimizer's update,
+    where it runs between BLAS products; the two builds agree."""
+    from fastnn import _config
+    from fastnn import functional as F
+    from fastnn.kernels import activations as K_act
+    from fastnn.kernels import optim as K_opt
+
+    monkeypatch.setattr(_config, "PARALLEL_MIN_WORK", 10)
+    monkeypatch.setattr(_config, "STEP_PARALLEL_MIN_WORK", 1 << 40)
+    x = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    ran = _spy_builds(monkeypatch, K_act.relu_forward)
+    y_alone = F.relu(x)
+    assert ran == ["parallel"]
+    ran.clear()
+    y_module = nn.ReLU().forward(x)
+    assert ran == ["parallel"]
+    ran.clear()
+    model = nn.Sequential([nn.ReLU(), nn.Linear(32, 8)])
+    model.forward(x, training=False)
+    assert ran == ["serial"]
+    back = _spy_builds(monkeypatch, K_act.relu_backward)
+    with fastnn.check_finite():  # the layer path in training (the compiled step calls no Kernel)
+        model.forward(x, training=True)
+        model.backward(np.ones((64, 8), np.float32))
+    assert ran == ["serial", "serial"] and back == ["serial"]
+    np.testing.assert_array_equal(y_alone, y_module)
+    np.testing.assert_array_equal(y_alone, np.maximum(x, 0))
+    F.activation_backward("relu", np.ones_like(x), x)
+    assert back[-1] == "parallel"
+
+    opt = optim.Adam(model.parameters())
+    upd = _spy_builds(monkeypatch, K_opt.multi_adam_update)
+    opt.step()
+    assert upd == ["serial"]
+    assert not getattr(_config._local, "between_products", False)
