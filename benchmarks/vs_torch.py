@@ -167,6 +167,8 @@ def run_worker(args):
                     step = make(op, n, d, dtype, rng)
                     rows.append({"op": op, "shape": [n, d], "dtype": dtype,
                                  "times": median_time(step, args.repeats, args.warmup)})
+    if args.worker == "fastnn":
+        info["threading"] = fastnn.threading_info()  # after the runs: the layer numba loaded
     return {"framework": args.worker, "imported_fastnn": "fastnn" in sys.modules,
             "imported_torch": "torch" in sys.modules, "rows": rows, **info}
 
