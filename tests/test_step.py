@@ -383,7 +383,7 @@ def test_kernels_between_products_use_the_step_threshold(monkeypatch):
     """A kernel whose work lies between the two thresholds runs in parallel
     when called on its own (a functional op, a lone module) and serially
     inside a Sequential's forward and backward and an optimizer's update,
-    where it runs between BLAS products; the two builds agree."""
+    where it runs between BLAS products."""
     from fastnn import _config
     from fastnn import functional as F
     from fastnn.kernels import activations as K_act
