@@ -13,7 +13,8 @@ worker process, started without fastnn's environment variables, in
 interleaved rounds (fastnn, torch, fastnn, torch, ...); the time reported
 is the median of every timed repeat of every round (``--repeats`` per round,
 after ``--warmup`` untimed ones). ``ratio = fastnn / torch``: above 1,
-PyTorch is faster. Each worker times Linear after every other module: a
+PyTorch is faster; ``rounds``: the min-max over rounds of each round's
+ratio of medians (its spread). Each worker times Linear after every other module: a
 BLAS product leaves OpenBLAS's workers spinning on the other cores for a
 while, which slows a parallel fastnn kernel run right after it (inside a
 Sequential and an optimizer update fastnn's kernels therefore go parallel
@@ -181,16 +182,26 @@ def op_bytes(op, n, d, dtype):
 
 
 def combine(worker_results):
-    """{(framework, op, shape, dtype): median of all repeats of all rounds}."""
-    pooled = {}
+    """{(framework, op, shape, dtype): median of all repeats of all rounds},
+    and {(op, shape, dtype): (min, max) over rounds of the round's ratio of
+    medians, fastnn / torch}."""
+    pooled, per_round = {}, {}
     for res in worker_results:
         for row in res["rows"]:
             key = (res["framework"], row["op"], tuple(row["shape"]), row["dtype"])
             pooled.setdefault(key, []).extend(row["times"])
-    return {k: float(np.median(v)) for k, v in pooled.items()}
+            per_round[key + (res.get("round", 1),)] = float(np.median(row["times"]))
+    spread = {}
+    for (fw, op, shape, dtype, rnd), f in per_round.items():
+        t = per_round.get(("torch", op, shape, dtype, rnd))
+        if fw == "fastnn" and t:
+            spread.setdefault((op, shape, dtype), []).append(f / t)
+    return ({k: float(np.median(v)) for k, v in pooled.items()},
+            {k: (min(v), max(v)) for k, v in spread.items()})
 
 
-def table(med, args):
+def table(combined, args):
+    med, spread = combined
     rows = []
     for dtype in args.dtypes:
         for n, d in args.sizes:
@@ -202,6 +213,7 @@ def table(med, args):
                 b = op_bytes(op, n, d, dtype)
                 rows.append({
                     "op": op, "shape": [n, d], "dtype": dtype, "fastnn_s": f, "torch_s": t, "ratio": f / t,
+                    "ratio_rounds": list(spread.get((op, (n, d), dtype), (f / t, f / t))),
                     "bytes": b, "fastnn_gb_s": b / f / 1e9 if b else None,
                     "torch_gb_s": b / t / 1e9 if b else None,
                     "copyto_gb_s": copy_gbs if b else None,
@@ -215,7 +227,7 @@ def fmt_time(s):
 
 
 def print_table(rows, args):
-    head = (f"{'op':<13} {'shape':>10} {'dtype':>7} {'fastnn':>10} {'torch':>10} {'ratio':>6} "
+    head = (f"{'op':<13} {'shape':>10} {'dtype':>7} {'fastnn':>10} {'torch':>10} {'ratio':>6} {'rounds':>10} "
             f"{'fastnn GB/s':>11} {'torch GB/s':>10} {'copy GB/s':>9} {'of copy':>7}")
     print(head)
     print("-" * len(head))
@@ -224,10 +236,12 @@ def print_table(rows, args):
             f" {r['fastnn_gb_s']:>11.1f} {r['torch_gb_s']:>10.1f} {r['copyto_gb_s']:>9.1f} "
             f"{100 * r['fastnn_of_copy']:>6.0f}%")
         print(f"{r['op']:<13} {'x'.join(map(str, r['shape'])):>10} {r['dtype']:>7} {fmt_time(r['fastnn_s']):>10} "
-              f"{fmt_time(r['torch_s']):>10} {r['ratio']:>6.2f}{gb}")
+              f"{fmt_time(r['torch_s']):>10} {r['ratio']:>6.2f} "
+              f"{r['ratio_rounds'][0]:>4.2f}-{r['ratio_rounds'][1]:<5.2f}{gb}")
     slower = sum(r["ratio"] > 1.05 for r in rows)
     print(f"forward + backward, median of {args.repeats} x {args.rounds} round(s) after {args.warmup} warm-up; "
-          f"ratio = fastnn / torch (PyTorch faster where > 1: {slower} of {len(rows)} beyond 5%); "
+          f"ratio = fastnn / torch (PyTorch faster where > 1: {slower} of {len(rows)} beyond 5%), "
+          f"rounds = min-max over rounds of each round's ratio; "
           f"GB/s = bytes the op must move at least / time; threads {args.threads or 'default'}")
 
 

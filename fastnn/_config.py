@@ -86,12 +86,11 @@ def _load_tbb() -> bool:
 _layer = os.environ.get("FASTNN_THREADING_LAYER")
 if _layer:
     numba.config.THREADING_LAYER = _layer
-    if _layer == "tbb":
-        _load_tbb()
-elif numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "tbb" if _load_tbb() else "workqueue"
-elif numba.config.THREADING_LAYER in ("tbb", "safe", "threadsafe"):
-    _load_tbb()
+# True when the parallel kernels will run on tbb: asked for (numba's "safe"
+# and "threadsafe" pick it first) or left to fastnn, and loadable.
+_TBB = numba.config.THREADING_LAYER in ("default", "tbb", "safe", "threadsafe") and _load_tbb()
+if numba.config.THREADING_LAYER == "default":
+    numba.config.THREADING_LAYER = "tbb" if _TBB else "workqueue"
 
 
 def _writable_dir(path: str, private: bool = False) -> bool:
@@ -183,7 +182,6 @@ NJIT_FLAGS = dict(cache=_CACHE, fastmath=FASTMATH, error_model="numpy", nogil=Tr
 LAUNCH_WORK = 1 << 19
 TBB_LAUNCH_WORK = 1 << 17
 _MIN_WORK_ENV = os.environ.get("FASTNN_PARALLEL_MIN_WORK")
-_TBB = numba.config.THREADING_LAYER == "tbb"
 
 
 def _step_parallel_min_work(threads: int) -> int:
