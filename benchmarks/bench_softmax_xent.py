@@ -52,3 +52,27 @@ def test_softmax_xent_backward_targets(compare_and_time, randn, rng, case):
     compare_and_time("softmax_xent_backward_targets", K.softmax_xent_backward_targets,
                      R.softmax_xent_backward_targets, {"dlogits": np.empty_like(probs)},
                      (probs, targets))
+
+
+def _row_stats(logits, labels, case):
+    n = case.shape[0]
+    rowmax, rowsum = np.empty(n, case.dtype), np.empty(n, case.dtype)
+    R.softmax_xent_loss_labels(rowmax, rowsum, np.empty(n, case.dtype), logits, labels)
+    return rowmax, rowsum
+
+
+def test_softmax_xent_loss_labels(compare_and_time, randn, rng, case):
+    logits, labels, _ = _logits_probs(randn, rng, case)
+    n = case.shape[0]
+    outputs = {"rowmax": np.empty(n, case.dtype), "rowsum": np.empty(n, case.dtype),
+               "losses": np.empty(n, case.dtype)}
+    compare_and_time("softmax_xent_loss_labels", K.softmax_xent_loss_labels,
+                     R.softmax_xent_loss_labels, outputs, (logits, labels))
+
+
+def test_softmax_xent_grad_labels(compare_and_time, randn, rng, case):
+    logits, labels, _ = _logits_probs(randn, rng, case)
+    rowmax, rowsum = _row_stats(logits, labels, case)
+    compare_and_time("softmax_xent_grad_labels", K.softmax_xent_grad_labels,
+                     R.softmax_xent_grad_labels, {"dlogits": np.empty_like(logits)},
+                     (logits, rowmax, rowsum, labels))

@@ -24,7 +24,9 @@ For the memory-bound modules the table adds GB/s: the bytes the op must move
 at least (forward: read x, write y; backward: read dy and what the forward
 saved, write dx; softmax-CE: read the logits twice, write dx; Dropout:
 recomputes its mask) divided by its time, and the bandwidth of a same-size
-``np.copyto`` (read + write) measured in the fastnn worker.
+``np.copyto`` (read + write) timed in the fastnn worker right before each
+op (the same repeats), so that each op is set against the copy of the same
+moment.
 
 PyTorch missing: the script says so and exits 0.
 """
@@ -162,9 +164,12 @@ def run_worker(args):
                 if args.worker == "fastnn" and g == 0:
                     src = rng.standard_normal((n, d)).astype(dtype)
                     dst = np.empty_like(src)
-                    rows.append({"op": "copyto", "shape": [n, d], "dtype": dtype,
-                                 "times": median_time(lambda: np.copyto(dst, src), args.repeats, args.warmup)})
                 for op in ops:
+                    if args.worker == "fastnn" and op in PASSES:
+                        # the bandwidth baseline right before the op: this machine's
+                        # speed drifts within seconds
+                        rows.append({"op": "copyto/" + op, "shape": [n, d], "dtype": dtype,
+                                     "times": median_time(lambda: np.copyto(dst, src), args.repeats, args.warmup)})
                     step = make(op, n, d, dtype, rng)
                     rows.append({"op": op, "shape": [n, d], "dtype": dtype,
                                  "times": median_time(step, args.repeats, args.warmup)})
@@ -205,9 +210,9 @@ def table(combined, args):
     rows = []
     for dtype in args.dtypes:
         for n, d in args.sizes:
-            copy = med.get(("fastnn", "copyto", (n, d), dtype))
-            copy_gbs = 2 * n * d * np.dtype(dtype).itemsize / copy / 1e9 if copy else None
             for op in args.ops:
+                copy = med.get(("fastnn", "copyto/" + op, (n, d), dtype))
+                copy_gbs = 2 * n * d * np.dtype(dtype).itemsize / copy / 1e9 if copy else None
                 f = med[("fastnn", op, (n, d), dtype)]
                 t = med[("torch", op, (n, d), dtype)]
                 b = op_bytes(op, n, d, dtype)

@@ -327,6 +327,75 @@ def _softmax_xent_backward(probs, target, d, backend):
     return d
 
 
+def softmax_xent_loss(logits, target, *, backend=None):
+    """``softmax_xent`` without writing the probabilities: returns
+    (loss, stats, target), ``stats = (rowmax, rowsum)`` (N,) arrays, the
+    row's max and sum of exp(logits - max). ``softmax_xent_grad`` recomputes
+    the probabilities from them and the same logits: one pass over (N, C)
+    less than ``softmax_xent`` + ``softmax_xent_backward``."""
+    loss, _, stats, target = _softmax_xent_loss(logits, target, backend)
+    return loss, stats, target
+
+
+def _softmax_xent_loss(logits, target, backend):
+    """softmax_xent_loss, also returning the checked logits (the module keeps them)."""
+    logits = V.float_array("logits", logits, ndim=2)
+    n, c = logits.shape
+    numba_ = _numba(backend)
+    if isinstance(target, np.ndarray) and target.ndim == 2:
+        target = V.targets_array("y", target, (n, c), logits.dtype)
+        fwd = (K_xent if numba_ else R_xent).softmax_xent_loss_targets
+    else:
+        target = V.labels_array("y", target, n, c)
+        fwd = (K_xent if numba_ else R_xent).softmax_xent_loss_labels
+    rowmax = np.empty(n, logits.dtype)
+    rowsum = np.empty(n, logits.dtype)
+    losses = np.empty(n, logits.dtype)
+    if _finite_maybe and _check_finite:
+        _finite("softmax_xent_forward", "received", logits=logits)
+    if numba_:
+        fwd(rowmax, rowsum, losses, logits, target, work=_work(K_xent, fwd.__name__, logits))
+    else:
+        fwd(rowmax, rowsum, losses, logits, target)
+    loss = float(losses.sum(dtype=np.float64)) / n
+    if _finite_maybe and _check_finite:
+        _finite("softmax_xent_forward", "produced", loss=np.asarray(loss))
+    return loss, logits, (rowmax, rowsum), target
+
+
+def softmax_xent_grad(logits, stats, target, *, out=None, backend=None):
+    """dlogits = (softmax(logits) - onehot(target)) / N from the logits and
+    the ``stats`` and ``target`` that ``softmax_xent_loss`` returned for them."""
+    logits = V.float_array("logits", logits, ndim=2)
+    n, c = logits.shape
+    if not (isinstance(stats, tuple) and len(stats) == 2):
+        raise TypeError(f"stats must be the (rowmax, rowsum) pair softmax_xent_loss returned, got {type(stats).__name__}")
+    rowmax = V.float_array("rowmax", stats[0], ndim=1, dtype=logits.dtype)
+    rowsum = V.float_array("rowsum", stats[1], ndim=1, dtype=logits.dtype)
+    if rowmax.shape != (n,) or rowsum.shape != (n,):
+        raise ValueError(f"rowmax and rowsum must have {n} entries (one per row of logits), "
+                         f"got {rowmax.size} and {rowsum.size}")
+    if isinstance(target, np.ndarray) and target.ndim == 2:
+        target = V.targets_array("y", target, (n, c), logits.dtype)
+    else:
+        target = V.labels_array("y", target, n, c)
+    return _softmax_xent_grad(logits, rowmax, rowsum, target, _new(out, "out", (n, c), logits.dtype), backend)
+
+
+def _softmax_xent_grad(logits, rowmax, rowsum, target, d, backend):
+    """The gradient on arrays already checked (by softmax_xent_loss, for the module)."""
+    numba_ = _numba(backend)
+    if target.ndim == 2:
+        bwd = (K_xent if numba_ else R_xent).softmax_xent_grad_targets
+    else:
+        bwd = (K_xent if numba_ else R_xent).softmax_xent_grad_labels
+    if numba_:
+        bwd(d, logits, rowmax, rowsum, target, work=_work(K_xent, bwd.__name__, logits))
+    else:
+        bwd(d, logits, rowmax, rowsum, target)
+    return d
+
+
 # ------------------------------------------------------------ pointwise losses
 
 POINTWISE_LOSSES = ("mse", "l1", "huber", "bce_logits")

@@ -642,25 +642,42 @@ class SoftmaxCrossEntropy(Module):
     ``forward(logits, y)`` returns the loss as a float; ``y`` is integer class
     indices (N,) or one-hot/soft targets (N, C). ``backward()`` returns
     dlogits = (softmax(logits) - onehot(y)) / N.
+
+    The forward keeps the logits (as Linear keeps its input) and each row's
+    max and exp-sum, not the probabilities: the backward recomputes them
+    (``F.softmax_xent_loss`` / ``F.softmax_xent_grad``), one pass over the
+    (N, C) array less. ``probs`` computes them on request.
     """
 
     classification = True  # fit tracks accuracy by default
     target_kind = "labels"  # fit checks every label against the output width up front
 
     def __init__(self):
-        self.probs = None
+        self._logits = None
+        self._stats = None
         self._target = None
 
+    @property
+    def probs(self):
+        """softmax of the last forward's logits (computed on each access), or None."""
+        if self._logits is None:
+            return None
+        rowmax, rowsum = self._stats
+        p = np.exp(self._logits - rowmax[:, None])
+        p /= rowsum[:, None]
+        return p
+
     def forward(self, logits, y, training=None):
-        loss, self.probs, target = F.softmax_xent(logits, y, backend=self._backend)
+        loss, self._logits, self._stats, target = F._softmax_xent_loss(logits, y, self._backend)
         # Own copy: the backward indexes with the labels without checking
         # them again, so a caller changing y in between must not reach it.
         self._target = target.copy() if target is y else target
         return loss
 
     def backward(self, dout=None):
-        probs = self._need(self.probs)
-        d = F._softmax_xent_backward(probs, self._target, np.empty_like(probs), self._backend)
+        logits = self._need(self._logits)
+        rowmax, rowsum = self._stats
+        d = F._softmax_xent_grad(logits, rowmax, rowsum, self._target, np.empty_like(logits), self._backend)
         if dout is not None:
             d *= V.real("dout", dout)
         return d

@@ -68,6 +68,13 @@ def test_large_matches_reference(dtype):
     _check(BIG, dtype)
 
 
+@pytest.mark.parametrize("shape", [(63, 5), (1000, 17), (2100, 9)])
+def test_row_chunks_with_remainders_match_reference(shape):
+    # row chunks of 3-4, 62-63 and 131-132 rows: the kernels sum four rows at a time
+    # within runs of FLUSH_ROWS, and these leave rows over at both levels
+    _check(shape, np.float32)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_kernels_called_directly_match_reference(dtype):
     x, gamma, beta, dy, rm, rv = _inputs((5, 33), dtype)

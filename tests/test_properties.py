@@ -80,6 +80,12 @@ def _build_xent_backward(rng, dt, n, d, h):
     return dict(probs=p / p.sum(1, keepdims=True), target=_labels(rng, n, d))
 
 
+def _build_xent_grad(rng, dt, n, d, h):
+    logits = _arr(rng, dt, n, d)
+    return dict(logits=logits, rowmax=logits.max(1), rowsum=np.abs(_arr(rng, dt, n)) + dt(1),
+                target=_labels(rng, n, d))
+
+
 def _build_bn(rng, dt, n, d, h):
     return dict(x=_arr(rng, dt, max(n, 2), d), gamma=_arr(rng, dt, d), beta=_arr(rng, dt, d),
                 running_mean=np.zeros(d, dt), running_var=np.ones(d, dt))
@@ -131,6 +137,14 @@ OPS = {
     "softmax_xent_backward": (
         _build_xent_backward, lambda a, be, **k: F.softmax_xent_backward(a["probs"], a["target"], backend=be),
         {"probs": ("probs", (0,), 2, ("y",))}, {}),
+    "softmax_xent_loss": (
+        _build_xent, lambda a, be, **k: F.softmax_xent_loss(a["logits"], a["target"], backend=be),
+        {"logits": ("logits", (0,), 2, ("y",))}, {}),
+    "softmax_xent_grad": (
+        _build_xent_grad,
+        lambda a, be, **k: F.softmax_xent_grad(a["logits"], (a["rowmax"], a["rowsum"]), a["target"], backend=be),
+        {"logits": ("logits", (0,), 2, ("y", "rowmax", "rowsum")), "rowmax": ("rowmax", (0,), 1, ("logits",)),
+         "rowsum": ("rowsum", (0,), 1, ("logits",))}, {}),
     "batchnorm": (
         _build_bn,
         lambda a, be, eps=1e-5, momentum=0.1: F.batchnorm(
@@ -167,7 +181,7 @@ OPS = {
 
 # The only float argument of its op: the other float dtype is valid there.
 SETS_DTYPE = {("activation", "x"), ("dropout", "x"), ("dropout_backward", "dy"),
-              ("softmax_xent", "logits"), ("softmax_xent_backward", "probs")}
+              ("softmax_xent", "logits"), ("softmax_xent_backward", "probs"), ("softmax_xent_loss", "logits")}
 # None is a valid value of these.
 OPTIONAL = {"b", "running_mean", "running_var", "mask"}
 

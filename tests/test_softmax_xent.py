@@ -174,3 +174,132 @@ def test_any_integer_label_dtype(label_dtype):
     ref = F.softmax_xent(logits, labels)[0]
     for backend in ("numba", "numpy"):
         assert F.softmax_xent(logits, labels.astype(label_dtype), backend=backend)[0] == pytest.approx(ref)
+
+
+# ---- the module's path: loss keeps row statistics, grad recomputes softmax
+
+
+def _loss_flat(backend_fn):
+    def run(logits, target):
+        loss, (rowmax, rowsum), t = backend_fn(logits, target)
+        return loss, rowmax, rowsum
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES + ((32, 10), BIG))
+def test_loss_and_grad_match_reference_and_the_probs_path(shape, dtype):
+    logits, labels = _inputs(shape, dtype)
+    k_loss, r_loss = backends(F.softmax_xent_loss)
+    (loss, rowmax, rowsum), _ = run_both(_loss_flat(k_loss), _loss_flat(r_loss), lambda: (logits, labels),
+                                         names=["loss", "rowmax", "rowsum"])
+    np.testing.assert_array_equal(rowmax, logits.max(axis=1))
+    (d,), _ = run_both(*backends(F.softmax_xent_grad), lambda: (logits, (rowmax, rowsum), labels),
+                       names=["dlogits"])
+    assert d.dtype == dtype
+    # the same values as softmax_xent + softmax_xent_backward, to a few ulp
+    # (the compiler may order the row's exp-sum and (e * inv) * inv_n otherwise)
+    loss_p, probs, _ = F.softmax_xent(logits, labels)
+    ulp = float(np.finfo(dtype).eps)
+    assert loss == pytest.approx(loss_p, rel=4 * ulp)
+    np.testing.assert_allclose(d, F.softmax_xent_backward(probs, labels), rtol=4 * ulp, atol=ulp / shape[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_loss_and_grad_with_soft_targets_match_reference(dtype):
+    rng = rng_for("xent-lean-soft", np.dtype(dtype).name)
+    logits = randn(rng, (9, 33), dtype, 2.0)
+    t = rng.random((9, 33))
+    t = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+    k_loss, r_loss = backends(F.softmax_xent_loss)
+    (loss, rowmax, rowsum), _ = run_both(_loss_flat(k_loss), _loss_flat(r_loss), lambda: (logits, t),
+                                         names=["loss", "rowmax", "rowsum"])
+    run_both(*backends(F.softmax_xent_grad), lambda: (logits, (rowmax, rowsum), t), names=["dlogits"])
+    loss_p, probs, _ = F.softmax_xent(logits, t)
+    assert loss == pytest.approx(loss_p, rel=1e-6)
+    np.testing.assert_allclose(F.softmax_xent_grad(logits, (rowmax, rowsum), t),
+                               F.softmax_xent_backward(probs, t), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_loss_and_grad_kernels_called_directly_match_reference(dtype):
+    logits, labels = _inputs((5, 33), dtype)
+    n, c = logits.shape
+    onehot = np.eye(c, dtype=dtype)[labels]
+    for loss_k, loss_r, grad_k, grad_r, target in (
+            (K.softmax_xent_loss_labels, R.softmax_xent_loss_labels,
+             K.softmax_xent_grad_labels, R.softmax_xent_grad_labels, labels),
+            (K.softmax_xent_loss_targets, R.softmax_xent_loss_targets,
+             K.softmax_xent_grad_targets, R.softmax_xent_grad_targets, onehot)):
+        (rowmax, rowsum, _), _ = run_both(
+            loss_k, loss_r, lambda: (np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype), logits, target),
+            names=["rowmax", "rowsum", "losses"], n_out=3)
+        run_both(grad_k, grad_r, lambda: (np.empty((n, c), dtype), logits, rowmax, rowsum, target),
+                 names=["dlogits"], n_out=1)
+
+
+@pytest.mark.parametrize("targets", [False, True], ids=["labels", "targets"])
+def test_reference_grad_matches_finite_differences(targets):
+    rng = rng_for("xent-lean-fd", targets)
+    logits = rng.standard_normal((4, 6)) * 2
+    if targets:
+        y = rng.random((4, 6))
+        y /= y.sum(axis=1, keepdims=True)
+        loss_fn, grad_fn = R.softmax_xent_loss_targets, R.softmax_xent_grad_targets
+    else:
+        y = np.array([0, 5, 2, 2])
+        loss_fn, grad_fn = R.softmax_xent_loss_labels, R.softmax_xent_grad_labels
+    rowmax, rowsum, losses = np.empty(4), np.empty(4), np.empty(4)
+
+    def loss():
+        loss_fn(rowmax, rowsum, losses, logits, y)
+        return float(losses.mean())
+
+    loss()
+    d = np.empty_like(logits)
+    grad_fn(d, logits, rowmax.copy(), rowsum.copy(), y)
+    assert_grad_close(d, numeric_grad(loss, logits), "dlogits")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_loss_and_grad_with_huge_logits_are_finite(dtype, backend):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype=dtype)
+    labels = np.array([1, 2, 0])
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        loss, stats, t = F.softmax_xent_loss(logits, labels, backend=backend)
+        d = F.softmax_xent_grad(logits, stats, t, backend=backend)
+    np.testing.assert_allclose(loss, (2e4 + np.log(3) + np.log(2)) / 3, rtol=1e-6)
+    assert np.isfinite(d).all()
+    np.testing.assert_allclose(d[0], np.array([1, -1, 0]) / 3, atol=1e-7)
+
+
+def test_grad_rejects_stats_that_do_not_fit():
+    logits, labels = _inputs((4, 6), np.float32)
+    _, (rowmax, rowsum), t = F.softmax_xent_loss(logits, labels)
+    with pytest.raises(TypeError, match="stats"):
+        F.softmax_xent_grad(logits, rowmax, t)
+    with pytest.raises(ValueError, match="rowmax and rowsum"):
+        F.softmax_xent_grad(logits, (rowmax[:3], rowsum[:3]), t)
+    with pytest.raises(TypeError):
+        F.softmax_xent_grad(logits, (rowmax.astype(np.float64), rowsum), t)
+    with pytest.raises(ValueError):
+        F.softmax_xent_grad(logits, (rowmax, rowsum), np.array([0, 1, 2, 6]))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_module_recomputes_the_probabilities_of_the_probs_path(backend):
+    from fastnn import nn
+
+    logits, labels = _inputs((16, 10), np.float32)
+    mod = nn.SoftmaxCrossEntropy()
+    mod.backend = backend
+    assert mod.probs is None
+    loss = mod.forward(logits, labels)
+    loss_p, probs, t = F.softmax_xent(logits, labels, backend=backend)
+    assert loss == pytest.approx(loss_p, rel=1e-6)
+    np.testing.assert_allclose(mod.probs, probs, rtol=1e-5, atol=1e-12)
+    assert mod.probs.dtype == np.float32
+    np.testing.assert_allclose(mod.backward(), F.softmax_xent_backward(probs, t, backend=backend),
+                               rtol=1e-5, atol=1e-12)

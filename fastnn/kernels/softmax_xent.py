@@ -11,6 +11,15 @@ The loss is ``logsumexp(z) - z[y]``. The seed computes
 1e-8/p and caps it at -log(1e-8) = 18.4 when p underflows; the logsumexp
 form is exact and never takes log(0).
 Backward: ``dlogits = (probs - onehot(y)) / N`` (overwritten).
+
+Two ways to split the work. ``softmax_xent_forward_*`` writes the
+probabilities and ``softmax_xent_backward_*`` reads them (``functional``'s
+API, which returns them). ``softmax_xent_loss_*`` keeps only each row's max
+and sum of exp(z - max), and ``softmax_xent_grad_*`` recomputes the
+probabilities from the logits while it writes the gradient (the module's
+path): three passes over an (N, C) array instead of four, the probability
+write and its re-read traded for a second exp per element. Both compute the
+probabilities with the same float operations.
 """
 
 import numpy as np
@@ -28,7 +37,27 @@ from ._math import exp_nonpos, max_num
 COST = {
     "softmax_xent_forward_labels": (1.7, 3.4), "softmax_xent_forward_targets": (2.0, 4.0),
     "softmax_xent_backward_labels": (0.3, 0.8), "softmax_xent_backward_targets": (0.5, 1.2),
+    "softmax_xent_loss_labels": (1.5, 2.8), "softmax_xent_loss_targets": (2.0, 3.5),
+    "softmax_xent_grad_labels": (1.1, 2.6), "softmax_xent_grad_targets": (1.1, 2.9),
 }
+
+
+@jit_helper
+def _row_max(z):
+    m = z[0]
+    for j in range(1, z.shape[0]):
+        m = max_num(m, z[j])
+    return m
+
+
+@jit_helper
+def _row_expsum(z, m):
+    """sum(exp(z - m)) in z's dtype (float64 accumulation cost a third more
+    in float32; the vector lanes keep each partial sum short)."""
+    s = typed(z, 0.0)
+    for j in range(z.shape[0]):
+        s += exp_nonpos(z[j] - m)
+    return s
 
 
 @jit_helper
@@ -36,11 +65,8 @@ def _softmax_row(p, z):
     """p = softmax(z) for one row; returns logsumexp(z) as float64.
 
     Three vectorised passes over a row that stays in L1: max, exp and its
-    sum (in z's dtype: float64 accumulation cost a third more in float32;
-    the vector lanes keep each partial sum short), scale."""
-    m = z[0]
-    for j in range(1, z.shape[0]):
-        m = max_num(m, z[j])
+    sum, scale."""
+    m = _row_max(z)
     s = typed(z, 0.0)
     for j in range(z.shape[0]):
         e = exp_nonpos(z[j] - m)
@@ -91,3 +117,62 @@ def softmax_xent_backward_targets(dlogits, probs, targets):
     for i in prange(n):
         for j in range(c):
             dlogits[i, j] = (probs[i, j] - targets[i, j]) * inv_n
+
+
+@kernel
+def softmax_xent_loss_labels(rowmax, rowsum, losses, logits, labels):
+    """losses[i] = logsumexp(logits[i]) - logits[i, labels[i]]; rowmax[i] =
+    max(logits[i]), rowsum[i] = sum(exp(logits[i] - rowmax[i])) for
+    ``softmax_xent_grad_labels``. The probabilities are not written."""
+    for i in prange(logits.shape[0]):
+        z = logits[i]
+        m = _row_max(z)
+        s = _row_expsum(z, m)
+        rowmax[i] = m
+        rowsum[i] = s
+        losses[i] = np.float64(m) + np.log(np.float64(s)) - z[labels[i]]
+
+
+@kernel
+def softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels):
+    """dlogits = (softmax(logits) - onehot(labels)) / N, the softmax
+    recomputed from ``softmax_xent_loss_labels``'s rowmax and rowsum."""
+    n, c = logits.shape
+    inv_n = typed(logits, 1.0 / n)
+    for i in prange(n):
+        m = rowmax[i]
+        inv = typed(logits, 1.0 / rowsum[i])
+        for j in range(c):
+            dlogits[i, j] = (exp_nonpos(logits[i, j] - m) * inv) * inv_n
+        dlogits[i, labels[i]] -= inv_n
+
+
+@kernel
+def softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets):
+    """losses[i] = sum_j targets[i, j] (logsumexp(logits[i]) - logits[i, j]);
+    rowmax, rowsum as in ``softmax_xent_loss_labels``."""
+    n, c = logits.shape
+    for i in prange(n):
+        z = logits[i]
+        m = _row_max(z)
+        s = _row_expsum(z, m)
+        rowmax[i] = m
+        rowsum[i] = s
+        lse = np.float64(m) + np.log(np.float64(s))
+        acc = 0.0
+        for j in range(c):
+            acc += targets[i, j] * (lse - z[j])
+        losses[i] = acc
+
+
+@kernel
+def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
+    """dlogits = (softmax(logits) - targets) / N, the softmax recomputed
+    from ``softmax_xent_loss_targets``'s rowmax and rowsum."""
+    n, c = logits.shape
+    inv_n = typed(logits, 1.0 / n)
+    for i in prange(n):
+        m = rowmax[i]
+        inv = typed(logits, 1.0 / rowsum[i])
+        for j in range(c):
+            dlogits[i, j] = (exp_nonpos(logits[i, j] - m) * inv - targets[i, j]) * inv_n

@@ -30,3 +30,30 @@ def softmax_xent_forward_targets(probs, losses, logits, targets):
 
 def softmax_xent_backward_targets(dlogits, probs, targets):
     dlogits[...] = (probs - targets) / probs.shape[0]
+
+
+def _row_stats(logits):
+    m = logits.max(axis=1)
+    return m, np.exp(logits - m[:, None]).sum(axis=1)
+
+
+def softmax_xent_loss_labels(rowmax, rowsum, losses, logits, labels):
+    rowmax[...], rowsum[...] = _row_stats(logits)
+    losses[...] = -_log_softmax(logits)[np.arange(len(labels)), labels]
+
+
+def softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels):
+    n = logits.shape[0]
+    dlogits[...] = np.exp(logits - rowmax[:, None]) / rowsum[:, None]
+    dlogits[np.arange(n), labels] -= 1
+    dlogits /= n
+
+
+def softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets):
+    rowmax[...], rowsum[...] = _row_stats(logits)
+    losses[...] = -(targets * _log_softmax(logits)).sum(axis=1)
+
+
+def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
+    p = np.exp(logits - rowmax[:, None]) / rowsum[:, None]
+    dlogits[...] = (p - targets) / logits.shape[0]
