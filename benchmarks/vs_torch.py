@@ -188,25 +188,31 @@ def op_bytes(op, n, d, dtype):
 
 def combine(worker_results):
     """{(framework, op, shape, dtype): median of all repeats of all rounds},
-    and {(op, shape, dtype): (min, max) over rounds of the round's ratio of
-    medians, fastnn / torch}."""
+    {(op, shape, dtype): (min, max) over rounds of the round's ratio of
+    medians, fastnn / torch}, and the same for fastnn's fraction of the copy
+    bandwidth (the op's bytes over its round median, against its copy's)."""
     pooled, per_round = {}, {}
     for res in worker_results:
         for row in res["rows"]:
             key = (res["framework"], row["op"], tuple(row["shape"]), row["dtype"])
             pooled.setdefault(key, []).extend(row["times"])
             per_round[key + (res.get("round", 1),)] = float(np.median(row["times"]))
-    spread = {}
+    spread, of_copy = {}, {}
     for (fw, op, shape, dtype, rnd), f in per_round.items():
         t = per_round.get(("torch", op, shape, dtype, rnd))
         if fw == "fastnn" and t:
             spread.setdefault((op, shape, dtype), []).append(f / t)
+        copy = per_round.get(("fastnn", "copyto/" + op, shape, dtype, rnd))
+        if fw == "fastnn" and copy and op in PASSES:
+            # bytes / f against (2 arrays) / copy
+            of_copy.setdefault((op, shape, dtype), []).append(PASSES[op] * copy / (2 * f))
     return ({k: float(np.median(v)) for k, v in pooled.items()},
-            {k: (min(v), max(v)) for k, v in spread.items()})
+            {k: (min(v), max(v)) for k, v in spread.items()},
+            {k: (min(v), max(v)) for k, v in of_copy.items()})
 
 
 def table(combined, args):
-    med, spread = combined
+    med, spread, of_copy = combined
     rows = []
     for dtype in args.dtypes:
         for n, d in args.sizes:
@@ -223,6 +229,7 @@ def table(combined, args):
                     "torch_gb_s": b / t / 1e9 if b else None,
                     "copyto_gb_s": copy_gbs if b else None,
                     "fastnn_of_copy": (b / f / 1e9) / copy_gbs if b and copy_gbs else None,
+                    "of_copy_rounds": list(of_copy[(op, (n, d), dtype)]) if b and copy_gbs else None,
                 })
     return rows
 
@@ -233,13 +240,14 @@ def fmt_time(s):
 
 def print_table(rows, args):
     head = (f"{'op':<13} {'shape':>10} {'dtype':>7} {'fastnn':>10} {'torch':>10} {'ratio':>6} {'rounds':>10} "
-            f"{'fastnn GB/s':>11} {'torch GB/s':>10} {'copy GB/s':>9} {'of copy':>7}")
+            f"{'fastnn GB/s':>11} {'torch GB/s':>10} {'copy GB/s':>9} {'of copy':>7} {'rounds':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
         gb = "" if r["bytes"] is None else (
             f" {r['fastnn_gb_s']:>11.1f} {r['torch_gb_s']:>10.1f} {r['copyto_gb_s']:>9.1f} "
-            f"{100 * r['fastnn_of_copy']:>6.0f}%")
+            f"{100 * r['fastnn_of_copy']:>6.0f}% "
+            f"{100 * r['of_copy_rounds'][0]:>3.0f}-{100 * r['of_copy_rounds'][1]:<4.0f}%")
         print(f"{r['op']:<13} {'x'.join(map(str, r['shape'])):>10} {r['dtype']:>7} {fmt_time(r['fastnn_s']):>10} "
               f"{fmt_time(r['torch_s']):>10} {r['ratio']:>6.2f} "
               f"{r['ratio_rounds'][0]:>4.2f}-{r['ratio_rounds'][1]:<5.2f}{gb}")
@@ -247,7 +255,8 @@ def print_table(rows, args):
     print(f"forward + backward, median of {args.repeats} x {args.rounds} round(s) after {args.warmup} warm-up; "
           f"ratio = fastnn / torch (PyTorch faster where > 1: {slower} of {len(rows)} beyond 5%), "
           f"rounds = min-max over rounds of each round's ratio; "
-          f"GB/s = bytes the op must move at least / time; threads {args.threads or 'default'}")
+          f"GB/s = bytes the op must move at least / time, of copy = that against np.copyto timed "
+          f"right before the op (rounds: min-max over rounds); threads {args.threads or 'default'}")
 
 
 def parse_list(p, text, allowed, what):

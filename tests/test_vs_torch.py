@@ -35,6 +35,8 @@ def test_toy_run_writes_every_row(tmp_path):
             assert r["bytes"] >= 3 * shape[0] * shape[1] * itemsize
             assert r["fastnn_gb_s"] == pytest.approx(r["bytes"] / r["fastnn_s"] / 1e9)
             assert r["copyto_gb_s"] > 0
+            lo, hi = r["of_copy_rounds"]
+            assert 0 < lo <= hi
     workers = doc["workers"]
     assert [w["framework"] for w in workers] == ["fastnn", "torch", "fastnn", "torch"]
     for w in workers:  # each framework alone in its process
