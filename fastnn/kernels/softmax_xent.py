@@ -19,7 +19,8 @@ and sum of exp(z - max), and ``softmax_xent_grad_*`` recomputes the
 probabilities from the logits while it writes the gradient (the module's
 path): three passes over an (N, C) array instead of four, the probability
 write and its re-read traded for a second exp per element. Both compute the
-probabilities with the same float operations.
+probabilities with the same float operations (equal to a few ulp: the
+compiler may order a row's exp-sum differently in each).
 """
 
 import numpy as np
