@@ -57,8 +57,11 @@ def layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
     """dgamma = sum_rows(dy * xhat), dbeta = sum_rows(dy),
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma.
 
-    Per row: one pass for the two dot products (float64), one pass that
-    writes dx and adds the row into the chunk's partial column sums."""
+    Per row: one pass for the two dot products (float64) that also adds the
+    row into the chunk's partial column sums, one pass that writes dx. (The
+    sums in the dx pass made that pass's L1 working set 24 of 32 KiB; moved,
+    the backward of (1024, 1024) float32 took 483 against 567 us, (4096,
+    1024) 2.62 against 2.86 ms, interleaved.)"""
     n, d = x.shape
     pg, pb = chunk_partials(n, d)
     nchunks = pg.shape[0]
@@ -78,19 +81,19 @@ def layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma):
             s1 = 0.0
             s2 = 0.0
             for j in range(d):
-                g = dy[i, j] * gamma[j]
+                dyv = dy[i, j]
+                t = x[i, j] - m
+                g = dyv * gamma[j]
                 s1 += g
-                s2 += g * (x[i, j] - m)
+                s2 += g * t
+                ag[j] += dyv * (t * r)
+                ab[j] += dyv
             r64 = np.float64(r)
             # dx = k1 * g - k0 - (x - mean) * k2
             k0 = typed(dx, r64 * s1 / d)
             k2 = typed(dx, r64 * r64 * r64 * s2 / d)
             for j in range(d):
-                dyv = dy[i, j]
-                t = x[i, j] - m
-                dx[i, j] = r * dyv * gamma[j] - k0 - t * k2
-                ag[j] += dyv * (t * r)
-                ab[j] += dyv
+                dx[i, j] = r * dy[i, j] * gamma[j] - k0 - (x[i, j] - m) * k2
         flush(pg[c], ag)
         flush(pb[c], ab)
     sg, sb = add_partials(pg, pb)
