@@ -271,59 +271,57 @@ def silu(x, **kw):
 # --------------------------------------------------------- softmax + x-entropy
 
 
+def _xent_target(target, n, c, dtype):
+    """The checked target: one-hot/soft targets (N, C) when 2-D, else labels
+    (N,) (float labels get "integer class indices" rather than a shape error)."""
+    if isinstance(target, np.ndarray) and target.ndim == 2:
+        return V.targets_array("y", target, (n, c), dtype)
+    return V.labels_array("y", target, n, c)
+
+
+def _xent_run(stage, outputs, inputs, target, backend):
+    """Run ``softmax_xent_<stage>_labels`` or ``_targets`` (by the target's
+    ndim) on ``(*outputs, *inputs, target)``; work is sized by inputs[0]."""
+    name = f"softmax_xent_{stage}_{'targets' if target.ndim == 2 else 'labels'}"
+    if _numba(backend):
+        getattr(K_xent, name)(*outputs, *inputs, target, work=_work(K_xent, name, inputs[0]))
+    else:
+        getattr(R_xent, name)(*outputs, *inputs, target)
+
+
+def _xent_mean(stage, outputs, logits, target, backend):
+    """The forward kernel of ``stage`` on checked arrays; returns the mean loss
+    (``outputs`` ends with the per-row losses)."""
+    if _finite_maybe and _check_finite:
+        _finite("softmax_xent_forward", "received", logits=logits)
+    _xent_run(stage, outputs, (logits,), target, backend)
+    loss = float(outputs[-1].sum(dtype=np.float64)) / logits.shape[0]  # .mean() costs 3 us more
+    if _finite_maybe and _check_finite:
+        _finite("softmax_xent_forward", "produced", loss=np.asarray(loss))
+    return loss
+
+
 def softmax_xent(logits, target, *, probs=None, losses=None, backend=None):
     """Mean cross-entropy of softmax(logits) against integer labels (N,) or
     one-hot/soft targets (N, C). Returns (loss, probs, target) where target
     is the validated labels/targets array to pass to the backward."""
     logits = V.float_array("logits", logits, ndim=2)
     n, c = logits.shape
-    numba_ = _numba(backend)
-    # 2-D: one-hot/soft targets; anything else is labels (float labels get
-    # "integer class indices" rather than a shape error).
-    if isinstance(target, np.ndarray) and target.ndim == 2:
-        target = V.targets_array("y", target, (n, c), logits.dtype)
-        fwd = (K_xent if numba_ else R_xent).softmax_xent_forward_targets
-    else:
-        target = V.labels_array("y", target, n, c)
-        fwd = (K_xent if numba_ else R_xent).softmax_xent_forward_labels
+    target = _xent_target(target, n, c, logits.dtype)
     probs = _new(probs, "probs", (n, c), logits.dtype)
     losses = _new(losses, "losses", (n,), logits.dtype)
-    if _finite_maybe and _check_finite:
-        _finite("softmax_xent_forward", "received", logits=logits)
-    if numba_:
-        fwd(probs, losses, logits, target, work=_work(K_xent, fwd.__name__, logits))
-    else:
-        fwd(probs, losses, logits, target)
-    loss = float(losses.sum(dtype=np.float64)) / n  # .mean() costs 3 us more
-    if _finite_maybe and _check_finite:
-        _finite("softmax_xent_forward", "produced", loss=np.asarray(loss))
-    return loss, probs, target
+    return _xent_mean("forward", (probs, losses), logits, target, backend), probs, target
 
 
 def softmax_xent_backward(probs, target, *, out=None, backend=None):
     """dlogits = (probs - onehot(target)) / N; ``target`` as returned by softmax_xent."""
     probs = V.float_array("probs", probs, ndim=2)
     n, c = probs.shape
-    if isinstance(target, np.ndarray) and target.ndim == 2:
-        target = V.targets_array("y", target, (n, c), probs.dtype)
-    else:
-        target = V.labels_array("y", target, n, c)
-    return _softmax_xent_backward(probs, target, _new(out, "out", (n, c), probs.dtype), backend)
-
-
-def _softmax_xent_backward(probs, target, d, backend):
-    """The backward on arrays already checked (by softmax_xent, for the module)."""
-    numba_ = _numba(backend)
-    if target.ndim == 2:
-        bwd = (K_xent if numba_ else R_xent).softmax_xent_backward_targets
-    else:
-        bwd = (K_xent if numba_ else R_xent).softmax_xent_backward_labels
+    target = _xent_target(target, n, c, probs.dtype)
+    d = _new(out, "out", (n, c), probs.dtype)
     if _finite_maybe and _check_finite:
         _finite("softmax_xent_backward", "received", probs=probs)
-    if numba_:
-        bwd(d, probs, target, work=_work(K_xent, bwd.__name__, probs))
-    else:
-        bwd(d, probs, target)
+    _xent_run("backward", (d,), (probs,), target, backend)
     return d
 
 
@@ -341,25 +339,9 @@ def _softmax_xent_loss(logits, target, backend):
     """softmax_xent_loss, also returning the checked logits (the module keeps them)."""
     logits = V.float_array("logits", logits, ndim=2)
     n, c = logits.shape
-    numba_ = _numba(backend)
-    if isinstance(target, np.ndarray) and target.ndim == 2:
-        target = V.targets_array("y", target, (n, c), logits.dtype)
-        fwd = (K_xent if numba_ else R_xent).softmax_xent_loss_targets
-    else:
-        target = V.labels_array("y", target, n, c)
-        fwd = (K_xent if numba_ else R_xent).softmax_xent_loss_labels
-    rowmax = np.empty(n, logits.dtype)
-    rowsum = np.empty(n, logits.dtype)
-    losses = np.empty(n, logits.dtype)
-    if _finite_maybe and _check_finite:
-        _finite("softmax_xent_forward", "received", logits=logits)
-    if numba_:
-        fwd(rowmax, rowsum, losses, logits, target, work=_work(K_xent, fwd.__name__, logits))
-    else:
-        fwd(rowmax, rowsum, losses, logits, target)
-    loss = float(losses.sum(dtype=np.float64)) / n
-    if _finite_maybe and _check_finite:
-        _finite("softmax_xent_forward", "produced", loss=np.asarray(loss))
+    target = _xent_target(target, n, c, logits.dtype)
+    rowmax, rowsum, losses = (np.empty(n, logits.dtype) for _ in range(3))
+    loss = _xent_mean("loss", (rowmax, rowsum, losses), logits, target, backend)
     return loss, logits, (rowmax, rowsum), target
 
 
@@ -375,24 +357,9 @@ def softmax_xent_grad(logits, stats, target, *, out=None, backend=None):
     if rowmax.shape != (n,) or rowsum.shape != (n,):
         raise ValueError(f"rowmax and rowsum must have {n} entries (one per row of logits), "
                          f"got {rowmax.size} and {rowsum.size}")
-    if isinstance(target, np.ndarray) and target.ndim == 2:
-        target = V.targets_array("y", target, (n, c), logits.dtype)
-    else:
-        target = V.labels_array("y", target, n, c)
-    return _softmax_xent_grad(logits, rowmax, rowsum, target, _new(out, "out", (n, c), logits.dtype), backend)
-
-
-def _softmax_xent_grad(logits, rowmax, rowsum, target, d, backend):
-    """The gradient on arrays already checked (by softmax_xent_loss, for the module)."""
-    numba_ = _numba(backend)
-    if target.ndim == 2:
-        bwd = (K_xent if numba_ else R_xent).softmax_xent_grad_targets
-    else:
-        bwd = (K_xent if numba_ else R_xent).softmax_xent_grad_labels
-    if numba_:
-        bwd(d, logits, rowmax, rowsum, target, work=_work(K_xent, bwd.__name__, logits))
-    else:
-        bwd(d, logits, rowmax, rowsum, target)
+    target = _xent_target(target, n, c, logits.dtype)
+    d = _new(out, "out", (n, c), logits.dtype)
+    _xent_run("grad", (d,), (logits, rowmax, rowsum), target, backend)
     return d
 
 

@@ -676,8 +676,8 @@ class SoftmaxCrossEntropy(Module):
 
     def backward(self, dout=None):
         logits = self._need(self._logits)
-        rowmax, rowsum = self._stats
-        d = F._softmax_xent_grad(logits, rowmax, rowsum, self._target, np.empty_like(logits), self._backend)
+        d = np.empty_like(logits)
+        F._xent_run("grad", (d,), (logits, *self._stats), self._target, self._backend)
         if dout is not None:
             d *= V.real("dout", dout)
         return d

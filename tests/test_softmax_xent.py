@@ -1,6 +1,7 @@
 """fastnn.kernels.softmax_xent against fastnn.reference.softmax_xent, the
 reference against finite differences and against logsumexp - z[y]."""
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -25,6 +26,21 @@ def _logsumexp_loss(logits, labels):
     """Per-sample logsumexp(z) - z[y] in float64, independent of fastnn."""
     z = logits.astype(np.float64)
     return np.logaddexp.reduce(z, axis=1) - z[np.arange(len(labels)), labels]
+
+
+def _huge_logits(dtype):
+    """Logits of +-1e4 (exp overflows without the max shift) and their labels;
+    the losses are 2e4, log 3 and log 2."""
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype=dtype)
+    return logits, np.array([1, 2, 0])
+
+
+@contextlib.contextmanager
+def _no_float_warnings():
+    """Any floating-point overflow, invalid operation or warning raises."""
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        yield
 
 
 def _check(shape, dtype):
@@ -100,10 +116,8 @@ def test_labels_and_one_hot_targets_agree(dtype, backend):
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_huge_logits_are_finite_and_exact(dtype, backend):
-    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype=dtype)
-    labels = np.array([1, 2, 0])
-    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
-        warnings.simplefilter("error")
+    logits, labels = _huge_logits(dtype)
+    with _no_float_warnings():
         loss, probs, t = F.softmax_xent(logits, labels, backend=backend)
         d = F.softmax_xent_backward(probs, t, backend=backend)
     assert np.isfinite(loss) and np.isfinite(probs).all() and np.isfinite(d).all()
@@ -264,10 +278,8 @@ def test_reference_grad_matches_finite_differences(targets):
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_loss_and_grad_with_huge_logits_are_finite(dtype, backend):
-    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype=dtype)
-    labels = np.array([1, 2, 0])
-    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
-        warnings.simplefilter("error")
+    logits, labels = _huge_logits(dtype)
+    with _no_float_warnings():
         loss, stats, t = F.softmax_xent_loss(logits, labels, backend=backend)
         d = F.softmax_xent_grad(logits, stats, t, backend=backend)
     np.testing.assert_allclose(loss, (2e4 + np.log(3) + np.log(2)) / 3, rtol=1e-6)

@@ -120,18 +120,23 @@ def softmax_xent_backward_targets(dlogits, probs, targets):
             dlogits[i, j] = (probs[i, j] - targets[i, j]) * inv_n
 
 
+@jit_helper
+def _keep_row_stats(rowmax, rowsum, i, z):
+    """rowmax[i], rowsum[i] of row z = logits[i]; returns logsumexp(z) as float64."""
+    m = _row_max(z)
+    s = _row_expsum(z, m)
+    rowmax[i] = m
+    rowsum[i] = s
+    return np.float64(m) + np.log(np.float64(s))
+
+
 @kernel
 def softmax_xent_loss_labels(rowmax, rowsum, losses, logits, labels):
     """losses[i] = logsumexp(logits[i]) - logits[i, labels[i]]; rowmax[i] =
     max(logits[i]), rowsum[i] = sum(exp(logits[i] - rowmax[i])) for
     ``softmax_xent_grad_labels``. The probabilities are not written."""
     for i in prange(logits.shape[0]):
-        z = logits[i]
-        m = _row_max(z)
-        s = _row_expsum(z, m)
-        rowmax[i] = m
-        rowsum[i] = s
-        losses[i] = np.float64(m) + np.log(np.float64(s)) - z[labels[i]]
+        losses[i] = _keep_row_stats(rowmax, rowsum, i, logits[i]) - logits[i, labels[i]]
 
 
 @kernel
@@ -154,15 +159,10 @@ def softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets):
     rowmax, rowsum as in ``softmax_xent_loss_labels``."""
     n, c = logits.shape
     for i in prange(n):
-        z = logits[i]
-        m = _row_max(z)
-        s = _row_expsum(z, m)
-        rowmax[i] = m
-        rowsum[i] = s
-        lse = np.float64(m) + np.log(np.float64(s))
+        lse = _keep_row_stats(rowmax, rowsum, i, logits[i])
         acc = 0.0
         for j in range(c):
-            acc += targets[i, j] * (lse - z[j])
+            acc += targets[i, j] * (lse - logits[i, j])
         losses[i] = acc
 
 
