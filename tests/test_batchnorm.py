@@ -202,6 +202,31 @@ def test_constant_feature_is_finite(backend):
     np.testing.assert_array_equal(y, 0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("level", [255.0, 1e6, 1e8])
+def test_constant_feature_with_a_large_mean_normalises_to_beta(level, backend, dtype):
+    # x * (rstd * gamma) + (beta - mean * rstd * gamma) cancels here (rstd = 1/sqrt(eps)):
+    # -23.3 instead of 0 at 1e6 in float32.
+    x = np.full((8, 3), level, dtype)
+    x[:, 1] = -level
+    gamma = np.array([1.0, 2.0, 0.5], dtype)
+    beta = np.array([0.0, 0.25, -1.0], dtype)
+    y, _, _ = F.batchnorm(x, gamma, beta, backend=backend)
+    np.testing.assert_array_equal(y, np.broadcast_to(beta, x.shape))
+    y_eval, _, _ = F.batchnorm(x, gamma, beta, training=False, running_mean=x[0].copy(),
+                               running_var=np.zeros(3, dtype), backend=backend)
+    np.testing.assert_array_equal(y_eval, np.broadcast_to(beta, x.shape))
+
+
+def test_constant_feature_with_a_large_mean_in_a_sequential():
+    model = nn.Sequential([nn.Linear(2, 3), nn.BatchNorm(3)])
+    model.layers[0].W[...] = 0
+    model.layers[0].b[...] = 1e6
+    y = model(np.ones((4, 2), np.float32))
+    np.testing.assert_array_equal(y, 0)
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_gradient_buffers_are_overwritten(backend):
     x, gamma, beta, dy, _, _ = _inputs((6, 5), np.float64)

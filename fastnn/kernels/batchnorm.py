@@ -82,6 +82,18 @@ def _column_sums(s1, s2, a, b, shift, use_b):
             flush(s2[c], r2)
 
 
+@jit_helper
+def _normalise(y, x, mean, a, beta):
+    """y = (x - mean) * a + beta, a = rstd * gamma. Folding the shift into
+    y = x * a + (beta - mean * a) saves a subtraction but cancels when
+    |mean| * a is large against |y| (a constant column of 1e6: -23.3
+    instead of 0 in float32)."""
+    n, d = x.shape
+    for i in prange(n):
+        for j in range(d):
+            y[i, j] = (x[i, j] - mean[j]) * a[j] + beta[j]
+
+
 @kernel
 def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     """Training: mean, var (biased), rstd = 1/sqrt(var + eps) over axis 0;
@@ -94,7 +106,6 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     _column_sums(s1, s2, x, x, shift, False)
     t1, t2 = add_partials(s1, s2)
     a = np.empty(d, dtype=x.dtype)
-    c = np.empty(d, dtype=x.dtype)
     for j in range(d):
         dm = t1[j] / n
         v = max(t2[j] / n - dm * dm, 0.0)
@@ -103,27 +114,19 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
         mean[j] = m
         var[j] = v
         rstd[j] = r
-        # scale and shift folded into y = x * a + c
         a[j] = r * gamma[j]
-        c[j] = beta[j] - m * r * gamma[j]
-    for i in prange(n):
-        for j in range(d):
-            y[i, j] = x[i, j] * a[j] + c[j]
+    _normalise(y, x, mean, a, beta)
 
 
 @kernel
 def batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps):
     """Eval: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
-    n, d = x.shape
+    d = x.shape[1]
     a = np.empty(d, dtype=x.dtype)
-    c = np.empty(d, dtype=x.dtype)
     for j in range(d):
         r = 1.0 / np.sqrt(running_var[j] + eps)
         a[j] = r * gamma[j]
-        c[j] = beta[j] - running_mean[j] * r * gamma[j]
-    for i in prange(n):
-        for j in range(d):
-            y[i, j] = x[i, j] * a[j] + c[j]
+    _normalise(y, x, running_mean, a, beta)
 
 
 @kernel
