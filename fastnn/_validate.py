@@ -16,6 +16,16 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def not_masked(name: str, a) -> None:
+    """Refuse a masked array: the kernels would read its masked entries too
+    (a masked-out label of 2**30 was read as an index)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} must be a plain numpy array, got a masked array: its masked entries "
+            f"would be used as well; pass {name}.filled(value) or drop the masked rows"
+        )
+
+
 def float_array(name: str, a, ndim=None, dtype=None, min_rows: int = 1) -> np.ndarray:
     """``a`` as a C-contiguous float32/float64 ndarray, or a clear error.
 
@@ -33,6 +43,7 @@ def float_array(name: str, a, ndim=None, dtype=None, min_rows: int = 1) -> np.nd
         and a.size > 0
     ):
         return a
+    not_masked(name, a)
     if isinstance(a, np.ndarray):
         arr = a.view(np.ndarray) if type(a) is not np.ndarray else a
     elif isinstance(a, (list, tuple)) or np.isscalar(a):
@@ -80,6 +91,7 @@ def out_array(name: str, out, shape, dtype) -> np.ndarray:
         return out
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+    not_masked(name, out)
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
     if out.dtype != dtype:
@@ -98,6 +110,9 @@ def same_shape(name: str, a: np.ndarray, ref_name: str, ref: np.ndarray) -> None
 
 def labels_array(name: str, labels, n: int, num_classes: int) -> np.ndarray:
     """Integer class indices of shape (n,), each in [0, num_classes)."""
+    not_masked(name, labels)
+    if type(labels) is not np.ndarray and isinstance(labels, np.ndarray):
+        labels = labels.view(np.ndarray)  # the range check below reads what the kernel reads
     if not isinstance(labels, np.ndarray):
         if isinstance(labels, (list, tuple)):
             labels = np.asarray(labels)

@@ -481,3 +481,27 @@ def test_modules_accept_non_contiguous_and_read_only_inputs(layout):
     np.testing.assert_allclose(d0, d1, rtol=1e-5, atol=1e-7)
     for p, q in zip(g0, g1):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7)
+
+
+def _with_backend(module, backend):
+    module.backend = backend
+    return module
+
+
+MASKED_LABELS = np.ma.array(np.array([0, 1, 2**30], dtype=np.int32), mask=[0, 0, 1])
+MASKED_X = np.ma.array(np.ones((3, 4), f32), mask=np.eye(3, 4, dtype=bool))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("call", [
+    lambda b: F.softmax_xent(a(3, 4), MASKED_LABELS, backend=b),
+    lambda b: F.softmax_xent_loss(a(3, 4), MASKED_LABELS, backend=b),
+    lambda b: _with_backend(nn.SoftmaxCrossEntropy(), b).forward(a(3, 4), MASKED_LABELS),
+    lambda b: F.relu(MASKED_X, backend=b),
+    lambda b: F.linear(MASKED_X, a(4, 2), a(2), backend=b),
+    lambda b: F.relu(a(3, 4), out=np.ma.array(a(3, 4)), backend=b),
+], ids=["softmax_xent", "softmax_xent_loss", "module", "relu", "linear", "out"])
+def test_masked_arrays_are_refused(call, backend):
+    # The mask would be ignored: a masked-out label of 2**30 was read as an index.
+    with pytest.raises(TypeError, match=r"\b(y|x|out)\b.*masked array"):
+        call(backend)
