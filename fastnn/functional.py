@@ -139,10 +139,18 @@ def _work(kernels, name, a):
     return int(a.size * kernels.COST[name][a.dtype.itemsize > 4])
 
 
-def _new(out, name, shape, dtype):
+def _new(out, name, shape, dtype, apart=()):
+    """A fresh output array, or the caller's ``out`` checked; ``apart``:
+    (name, array) pairs it must not overlap, arrays the kernel still reads
+    after it starts writing ``out`` (or other outputs)."""
     if out is None:
         return np.empty(shape, dtype=dtype)
-    return V.out_array(name, out, shape, dtype)
+    out = V.out_array(name, out, shape, dtype)
+    for other_name, other in apart:
+        if other is not None and np.may_share_memory(out, other):
+            raise ValueError(f"{name} must not share memory with {other_name}: "
+                             f"the kernel reads {other_name} after it writes {name}")
+    return out
 
 
 # ---------------------------------------------------------------------- linear
@@ -182,8 +190,8 @@ def linear_backward(dy, x, W, *, dW=None, db=None, need_dx=True, has_bias=True, 
         raise ValueError(f"x has {x.shape[1]} features but W expects {W.shape[0]}")
     if dy.shape != (n, h):
         raise ValueError(f"dy must have shape {(n, h)} (the layer's output), got {dy.shape}")
-    dW = _new(dW, "dW", W.shape, W.dtype)
-    db = _new(db, "db", (h,), W.dtype) if has_bias else None
+    dW = _new(dW, "dW", W.shape, W.dtype, apart=(("W", W), ("x", x), ("dy", dy)))
+    db = _new(db, "db", (h,), W.dtype, apart=(("W", W), ("x", x), ("dy", dy), ("dW", dW))) if has_bias else None
     dx = np.empty(x.shape, W.dtype) if need_dx else None
     if _finite_maybe and _check_finite:
         _finite("linear_backward", "received", dy=dy)
@@ -308,8 +316,9 @@ def softmax_xent(logits, target, *, probs=None, losses=None, backend=None):
     logits = V.float_array("logits", logits, ndim=2)
     n, c = logits.shape
     target = _xent_target(target, n, c, logits.dtype)
-    probs = _new(probs, "probs", (n, c), logits.dtype)
-    losses = _new(losses, "losses", (n,), logits.dtype)
+    probs = _new(probs, "probs", (n, c), logits.dtype, apart=(("logits", logits), ("target", target)))
+    losses = _new(losses, "losses", (n,), logits.dtype,
+                  apart=(("logits", logits), ("target", target), ("probs", probs)))
     return _xent_mean("forward", (probs, losses), logits, target, backend), probs, target
 
 
@@ -548,8 +557,9 @@ def batchnorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     for name, a in (("mean", mean), ("rstd", rstd), ("gamma", gamma)):
         if a.shape != (d,):
             raise ValueError(f"{name} must have shape ({d},), got {a.shape}")
-    dgamma = _new(dgamma, "dgamma", (d,), x.dtype)
-    dbeta = _new(dbeta, "dbeta", (d,), x.dtype)
+    reads = (("gamma", gamma), ("dy", dy), ("x", x), ("mean", mean), ("rstd", rstd))
+    dgamma = _new(dgamma, "dgamma", (d,), x.dtype, apart=reads)
+    dbeta = _new(dbeta, "dbeta", (d,), x.dtype, apart=reads + (("dgamma", dgamma),))
     dx = np.empty_like(x)
     if _finite_maybe and _check_finite:
         _finite("batchnorm_backward", "received", dy=dy)
@@ -603,8 +613,9 @@ def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     rstd = V.float_array("rstd", rstd, dtype=x.dtype).reshape(-1)
     if mean.shape != (m,) or rstd.shape != (m,):
         raise ValueError(f"mean and rstd must have {m} entries (one per row of x), got {mean.size} and {rstd.size}")
-    dgamma = _new(dgamma, "dgamma", (d,), x.dtype)
-    dbeta = _new(dbeta, "dbeta", (d,), x.dtype)
+    reads = (("gamma", gamma), ("dy", dy), ("x", x), ("mean", mean), ("rstd", rstd))
+    dgamma = _new(dgamma, "dgamma", (d,), x.dtype, apart=reads)
+    dbeta = _new(dbeta, "dbeta", (d,), x.dtype, apart=reads + (("dgamma", dgamma),))
     dx = np.empty_like(x)
     args = (dx.reshape(-1, d), dgamma, dbeta, dy.reshape(-1, d), x.reshape(-1, d), mean, rstd, gamma)
     if _finite_maybe and _check_finite:
@@ -640,7 +651,7 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
     if not training or p == 0.0:
         return x, None
     y = _new(out, "out", x.shape, x.dtype)
-    mask = _new(mask, "mask", x.shape, np.dtype(np.uint8))
+    mask = _new(mask, "mask", x.shape, np.dtype(np.uint8), apart=(("x", x), ("out", y)))
     args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), np.uint64(seed), np.uint64(step),
             K_drop.dropout_threshold(p), 1.0 / (1.0 - p),
             int(row_offset) * (x.size // x.shape[0] if x.ndim and x.shape[0] else 1))

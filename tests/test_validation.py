@@ -505,3 +505,48 @@ def test_masked_arrays_are_refused(call, backend):
     # The mask would be ignored: a masked-out label of 2**30 was read as an index.
     with pytest.raises(TypeError, match=r"\b(y|x|out)\b.*masked array"):
         call(backend)
+
+
+def _aliasing_calls():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 4)).astype(f32)
+    W = rng.standard_normal((3, 4)).astype(f32)
+    x, dy = rng.standard_normal((5, 3)).astype(f32), rng.standard_normal((5, 4)).astype(f32)
+    g = np.ones(4, f32)
+    xb = rng.standard_normal((5, 4)).astype(f32)
+    _, mean, rstd = F.batchnorm(xb, g, np.zeros(4, f32))
+    _, lmean, lrstd = F.layernorm(xb, g, np.zeros(4, f32))
+    buf = np.zeros(4, f32)
+    P = np.zeros((5, 4), f32)
+    return [
+        ("probs", lambda b: F.softmax_xent(z, np.arange(5) % 4, probs=z, backend=b)),
+        ("losses", lambda b: F.softmax_xent(z, np.arange(5) % 4, probs=P, losses=P.reshape(-1)[:5],
+                                            backend=b)),
+        ("dW", lambda b: F.linear_backward(dy, x, W, dW=W, backend=b)),
+        ("db", lambda b: F.linear_backward(dy, x, W, db=dy[0], backend=b)),
+        ("dgamma", lambda b: F.batchnorm_backward(xb, xb, mean, rstd, g, dgamma=g, backend=b)),
+        ("dbeta", lambda b: F.batchnorm_backward(xb, xb, mean, rstd, g, dgamma=buf, dbeta=buf,
+                                                  backend=b)),
+        ("dgamma", lambda b: F.layernorm_backward(xb, xb, lmean, lrstd, g, dgamma=g, backend=b)),
+        ("mask", lambda b: F.dropout(xb, 0.5, seed=0, step=1,
+                                     mask=xb.view(np.uint8).reshape(-1)[:20].reshape(5, 4), backend=b)),
+    ]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("case", range(8))
+def test_output_buffers_that_overlap_what_the_kernel_reads_are_refused(case, backend):
+    # e.g. probs=logits: the kernel overwrote the logits with the probabilities and then
+    # read the label's logit from them (a wrong loss on one backend, the right one on the other)
+    name, call = _aliasing_calls()[case]
+    with pytest.raises(ValueError, match=rf"^{name} must not share memory with \w+"):
+        call(backend)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_element_wise_outputs_may_be_their_input(backend):
+    x = np.linspace(-2, 2, 12, dtype=f32).reshape(3, 4)
+    expected = F.relu(x.copy(), backend=backend)
+    y = F.relu(x, out=x, backend=backend)
+    assert y is x
+    np.testing.assert_array_equal(x, expected)
