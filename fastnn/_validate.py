@@ -156,7 +156,10 @@ def real(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> fl
     """A finite real scalar within [lo, hi] (or open ends)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be finite, got an int of {len(str(abs(value)))} digits") from None
     if not np.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):

@@ -16,6 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -358,13 +359,21 @@ def download_mnist(dest_dir=None, kind: str = "mnist", base_url=None, timeout=30
     else:
         dest = Path(dest_dir).expanduser()
     base = base_url or os.environ.get("FASTNN_MNIST_URL") or _DEFAULT_URLS[kind]
+    if not isinstance(base, str):
+        raise TypeError(f"base_url must be a str, got {type(base).__name__}")
     if not base.endswith("/"):
         base += "/"
     table = CHECKSUMS[kind] if checksums is None else checksums
+    if not isinstance(table, Mapping):
+        raise TypeError(f"checksums must map file names to SHA-256 hex digests, got {type(table).__name__}")
     names = [stem + ".gz" for stem in MNIST_FILES]
     absent = [n for n in names if n not in table]
     if absent:
         raise ValueError(f"checksums: no SHA-256 given for {', '.join(absent)}")
+    bad = [n for n in names if not isinstance(table[n], str)]
+    if bad:
+        raise TypeError(f"checksums[{bad[0]!r}] must be a SHA-256 hex digest (str), "
+                        f"got {type(table[bad[0]]).__name__}")
 
     dest.mkdir(parents=True, exist_ok=True)
     offline_hint = (

@@ -642,10 +642,15 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
     for name, v in (("seed", seed), ("step", step)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    # any int: taken modulo 2**64, as nn.Dropout takes its seed
+    seed, step = int(seed) % 2**64, int(step) % 2**64
     if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, (int, np.integer)):
         raise TypeError(f"row_offset must be an int, got {type(row_offset).__name__}")
     if row_offset < 0:
         raise ValueError(f"row_offset must be non-negative, got {row_offset}")
+    if int(row_offset) * (x.size // x.shape[0]) >= 2**63:
+        raise ValueError(f"row_offset is too large: row_offset * the row's size must be below 2**63, "
+                         f"got {row_offset} rows of {x.size // x.shape[0]}")
     if _finite_maybe and _check_finite:
         _finite("dropout_forward", "received", x=x)
     if not training or p == 0.0:
@@ -654,7 +659,7 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
     mask = _new(mask, "mask", x.shape, np.dtype(np.uint8), apart=(("x", x), ("out", y)))
     args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), np.uint64(seed), np.uint64(step),
             K_drop.dropout_threshold(p), 1.0 / (1.0 - p),
-            int(row_offset) * (x.size // x.shape[0] if x.ndim and x.shape[0] else 1))
+            int(row_offset) * (x.size // x.shape[0]))
     if _numba(backend):
         K_drop.dropout_forward(*args, work=_work(K_drop, "dropout_forward", x))
     else:

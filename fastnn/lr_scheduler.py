@@ -48,7 +48,11 @@ def _number(name, value, lo=None, lo_open=False, hi=None, integer=False):
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {type(value).__name__}")
-    if not math.isfinite(value) or lo is not None and (value <= lo if lo_open else value < lo) \
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        finite = False
+    if not finite or lo is not None and (value <= lo if lo_open else value < lo) \
             or hi is not None and value > hi:
         rng = f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
         raise ValueError(f"{name} must be {rng}, got {value}")

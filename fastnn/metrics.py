@@ -31,6 +31,10 @@ def _as_like(y, out):
 
 def accuracy(outputs, y) -> float:
     """Fraction of rows whose argmax is the label (or the target's argmax)."""
+    outputs, y = np.asarray(outputs), np.asarray(y)
+    if outputs.ndim != 2 or y.ndim not in (1, 2) or len(y) != len(outputs):
+        raise ValueError(f"accuracy needs outputs (N, C) and labels (N,) or targets (N, C), "
+                         f"got shapes {outputs.shape} and {y.shape}")
     pred = outputs.argmax(axis=1)
     labels = y if y.ndim == 1 else y.argmax(axis=1)
     return np.count_nonzero(pred == labels) / len(pred)

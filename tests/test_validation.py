@@ -550,3 +550,49 @@ def test_element_wise_outputs_may_be_their_input(backend):
     y = F.relu(x, out=x, backend=backend)
     assert y is x
     np.testing.assert_array_equal(x, expected)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("alpha", lambda: F.leaky_relu(a(2, 3), alpha=10**400)),
+    ("p", lambda: nn.Dropout(10**400)),
+    ("eps", lambda: nn.BatchNorm(3, eps=10**400)),
+    ("lr", lambda: fastnn.optim.Adam(nn.Linear(2, 2).parameters(), lr=10**400)),
+    ("gamma", lambda: fastnn.lr_scheduler.StepLR(
+        fastnn.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), 1, gamma=10**400)),
+])
+def test_ints_beyond_the_float_range_are_refused_by_name(name, call):
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        call()
+
+
+def test_dropout_seed_and_step_are_taken_modulo_2_64():
+    x = a(4, 5)
+    _, m1 = F.dropout(x, 0.5, seed=-1, step=-2)
+    _, m2 = F.dropout(x, 0.5, seed=2**64 - 1, step=2**64 - 2)
+    _, m3 = F.dropout(x, 0.5, seed=2**64 + 7, step=3)
+    _, m4 = F.dropout(x, 0.5, seed=7, step=3)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(m3, m4)
+    with pytest.raises(ValueError, match=r"row_offset"):
+        F.dropout(x, 0.5, seed=1, step=1, row_offset=2**62)
+
+
+def test_accuracy_takes_lists_and_refuses_mismatched_shapes():
+    from fastnn import metrics
+
+    out = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], f32)
+    assert metrics.accuracy(out, [1, 0, 0]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="accuracy"):
+        metrics.accuracy(out, [1, 0])
+
+
+def test_download_arguments_are_checked_before_any_request(tmp_path):
+    from fastnn import data
+
+    with pytest.raises(TypeError, match="base_url"):
+        data.download_mnist(tmp_path, base_url=5)
+    names = [stem + ".gz" for stem in data.MNIST_FILES]
+    with pytest.raises(TypeError, match="checksums"):
+        data.download_mnist(tmp_path, base_url="http://127.0.0.1:9/", checksums={n: 5 for n in names})
+    with pytest.raises(TypeError, match="checksums"):
+        data.download_mnist(tmp_path, base_url="http://127.0.0.1:9/", checksums=5)
