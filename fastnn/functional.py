@@ -609,6 +609,9 @@ def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     if gamma.shape != (d,):
         raise ValueError(f"gamma must have shape ({d},), got {gamma.shape}")
     m = x.size // d
+    if x.ndim == 1:  # the forward of a 1-D x returns 0-d statistics
+        mean, rstd = (np.reshape(a, 1) if isinstance(a, np.ndarray) and a.ndim == 0 else a
+                      for a in (mean, rstd))
     mean = V.float_array("mean", mean, dtype=x.dtype).reshape(-1)
     rstd = V.float_array("rstd", rstd, dtype=x.dtype).reshape(-1)
     if mean.shape != (m,) or rstd.shape != (m,):

@@ -131,3 +131,19 @@ def test_parallel_result_does_not_depend_on_thread_count():
         numba.set_num_threads(before)
     for a, b in zip(out[0], out[-1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_one_dimensional_input_has_a_backward(backend):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(5).astype(np.float32)
+    dy = rng.standard_normal(5).astype(np.float32)
+    gamma, beta = np.linspace(0.5, 1.5, 5, dtype=np.float32), np.zeros(5, np.float32)
+    y, mean, rstd = F.layernorm(x, gamma, beta, backend=backend)
+    assert mean.shape == () and y.shape == (5,)
+    dx, dg, db = F.layernorm_backward(dy, x, mean, rstd, gamma, backend=backend)
+    y2, mean2, rstd2 = F.layernorm(x[None], gamma, beta, backend=backend)
+    dx2, dg2, db2 = F.layernorm_backward(dy[None], x[None], mean2, rstd2, gamma, backend=backend)
+    np.testing.assert_array_equal(dx, dx2[0])
+    np.testing.assert_array_equal(dg, dg2)
+    np.testing.assert_array_equal(db, db2)
