@@ -282,7 +282,8 @@ def silu(x, **kw):
 def _xent_target(target, n, c, dtype):
     """The checked target: one-hot/soft targets (N, C) when 2-D, else labels
     (N,) (float labels get "integer class indices" rather than a shape error)."""
-    if isinstance(target, np.ndarray) and target.ndim == 2:
+    if isinstance(target, np.ndarray) and target.ndim == 2 or (
+            isinstance(target, (list, tuple)) and np.ndim(target) == 2):
         return V.targets_array("y", target, (n, c), dtype)
     return V.labels_array("y", target, n, c)
 
@@ -401,7 +402,11 @@ def _loss_args(kind, pred, target, reduction, delta, pos_weight):
         if pos_weight is None:
             pos_weight = np.ones(c, pred.dtype)
         else:
-            pos_weight = V.float_array("pos_weight", np.asarray(pos_weight, dtype=pred.dtype), ndim=1)
+            pw = pos_weight if isinstance(pos_weight, np.ndarray) else np.asarray(pos_weight)
+            if pw.dtype.kind not in "iuf":
+                raise TypeError(f"pos_weight must be real weights (one per output column), got "
+                                f"{type(pos_weight).__name__} of dtype {pw.dtype}")
+            pos_weight = V.float_array("pos_weight", pw.astype(pred.dtype), ndim=1)
             if pos_weight.shape != (c,) or not np.isfinite(pos_weight).all() or (pos_weight < 0).any():
                 raise ValueError(f"pos_weight must be {c} finite non-negative weights (one per "
                                  f"output column), got shape {pos_weight.shape}")

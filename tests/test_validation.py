@@ -596,3 +596,16 @@ def test_download_arguments_are_checked_before_any_request(tmp_path):
         data.download_mnist(tmp_path, base_url="http://127.0.0.1:9/", checksums={n: 5 for n in names})
     with pytest.raises(TypeError, match="checksums"):
         data.download_mnist(tmp_path, base_url="http://127.0.0.1:9/", checksums=5)
+
+
+def test_soft_targets_may_be_a_list_of_rows():
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]], f32)
+    rows = [[1.0, 0.0, 0.0], [0.25, 0.5, 0.25]]
+    loss, _, _ = F.softmax_xent(logits, rows)
+    assert loss == pytest.approx(F.softmax_xent(logits, np.array(rows, f32))[0])
+
+
+@pytest.mark.parametrize("pos_weight", ["ab", {}, np.array([1 + 1j, 2], complex)])
+def test_pos_weight_must_be_real_numbers(pos_weight):
+    with pytest.raises(TypeError, match="pos_weight"):
+        F.bce_with_logits(a(3, 2), a(3, 2), pos_weight=pos_weight)
