@@ -47,7 +47,10 @@ def float_array(name: str, a, ndim=None, dtype=None, min_rows: int = 1) -> np.nd
     if isinstance(a, np.ndarray):
         arr = a.view(np.ndarray) if type(a) is not np.ndarray else a
     elif isinstance(a, (list, tuple)) or np.isscalar(a):
-        arr = np.asarray(a)
+        try:
+            arr = np.asarray(a)
+        except ValueError as exc:  # ragged nested lists
+            raise ValueError(f"{name} must be a rectangular array: {exc}") from None
         if arr.dtype.kind in "iub" and dtype is not None:
             raise TypeError(
                 f"{name} must be a float array; got a {type(a).__name__} of {arr.dtype} values"

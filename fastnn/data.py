@@ -89,6 +89,8 @@ def read_idx(path) -> np.ndarray:
             f"{path}: not an IDX file: magic bytes {magic.hex(' ')} "
             "(expected 00 00, a type code in {08, 09, 0b, 0c, 0d, 0e}, then ndim >= 1)"
         )
+    if ndim > 64:  # NumPy's limit
+        raise IDXFormatError(f"{path}: {ndim} dimensions; NumPy arrays have at most 64")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise IDXFormatError(
@@ -487,6 +489,14 @@ def _check_count(name: str, value, *, positive: bool) -> int:
     return value
 
 
+def _seeded_rng(name, seed):
+    """np.random.default_rng(seed), its errors naming the argument."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
 def batches(X, y, batch_size, shuffle=True, rng=None, drop_last=False):
     """Iterate over ``(X_batch, y_batch)`` pairs along the first axis.
 
@@ -495,10 +505,13 @@ def batches(X, y, batch_size, shuffle=True, rng=None, drop_last=False):
     Arguments are checked when called, not on first ``next()``.
     """
     batch_size = _check_count("batch_size", batch_size, positive=True)
+    for name, a in (("X", X), ("y", y)):
+        if not hasattr(a, "__len__") or not hasattr(a, "__getitem__"):
+            raise TypeError(f"{name} must be an array, got {type(a).__name__}")
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got len(X)={len(X)}, len(y)={len(y)}")
     n = len(X)
-    order = np.random.default_rng(rng).permutation(n) if shuffle else None
+    order = _seeded_rng("rng", rng).permutation(n) if shuffle else None
     return _batch_iter(X, y, n, batch_size, order, drop_last)
 
 
@@ -525,7 +538,7 @@ def synthetic_mnist(n_train=60000, n_test=10000, seed=0):
     """
     n_train = _check_count("n_train", n_train, positive=False)
     n_test = _check_count("n_test", n_test, positive=False)
-    rng = np.random.default_rng(seed)
+    rng = _seeded_rng("seed", seed)
     # Random 7x7 on/off patterns, upscaled 4x and box-blurred: smooth, stroke-like
     # images. The empty 4-pixel border lets np.roll shift them without wrap-around.
     coarse = (rng.random((10, 7, 7)) < 0.35).astype(np.float32)

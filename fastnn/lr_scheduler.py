@@ -15,6 +15,8 @@ import math
 import numbers
 import warnings
 
+import numpy as np
+
 __all__ = ["LRScheduler", "StepLR", "CosineAnnealingLR", "ReduceLROnPlateau"]
 
 
@@ -178,7 +180,12 @@ class ReduceLROnPlateau(LRScheduler):
         return self.get_last_lr()
 
     def step(self, metric):
-        metric = float(metric)
+        if isinstance(metric, (str, bytes, bool, np.bool_)) or metric is None:
+            raise TypeError(f"metric must be a number, got {type(metric).__name__}")
+        try:
+            metric = float(metric)
+        except (TypeError, ValueError):
+            raise TypeError(f"metric must be a number, got {type(metric).__name__}") from None
         self.last_epoch += 1
         if not math.isfinite(metric):
             warnings.warn(f"ReduceLROnPlateau got {metric}: counted as no improvement",

@@ -23,9 +23,12 @@ __all__ = ["accuracy", "binary_accuracy", "mae", "mse", "get", "defaults_for", "
 
 
 def _as_like(y, out):
+    """y in out's shape ((N,) targets of a one-column output as (N, 1)); never broadcast."""
     y = np.asarray(y)
     if y.ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
         y = y.reshape(-1, 1)
+    if y.shape != np.shape(out):
+        raise ValueError(f"targets must have the outputs' shape {np.shape(out)}, got {y.shape}")
     return y
 
 

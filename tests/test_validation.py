@@ -609,3 +609,33 @@ def test_soft_targets_may_be_a_list_of_rows():
 def test_pos_weight_must_be_real_numbers(pos_weight):
     with pytest.raises(TypeError, match="pos_weight"):
         F.bce_with_logits(a(3, 2), a(3, 2), pos_weight=pos_weight)
+
+
+def test_seeds_and_sequences_are_named_in_errors():
+    from fastnn import data, init, lr_scheduler, metrics
+
+    with pytest.raises(ValueError, match="seed"):
+        init.manual_seed(-1)
+    with pytest.raises(ValueError, match="seed"):
+        data.synthetic_mnist(10, 10, seed=-1)
+    with pytest.raises(TypeError, match=r"\bX\b"):
+        data.batches(3, np.arange(3), 2)
+    with pytest.raises(ValueError, match=r"\bx\b.*rectangular"):
+        F.relu([[1.0, 2.0], [3.0]])
+    sched = lr_scheduler.ReduceLROnPlateau(fastnn.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
+    for bad in ("abc", "1.0", None, True):
+        with pytest.raises(TypeError, match="metric"):
+            sched.step(bad)
+    sched.step(np.float32(0.5))
+    with pytest.raises(ValueError, match="shape"):
+        metrics.mse(a(3, 3), np.zeros(3, f32))
+    assert metrics.mse(a(3, 1), np.full(3, 0.5, f32)) == 0.0
+
+
+def test_idx_with_more_dimensions_than_numpy_allows(tmp_path):
+    from fastnn import data
+
+    path = tmp_path / "many.idx"
+    path.write_bytes(bytes([0, 0, 0x08, 65]) + (1).to_bytes(4, "big") * 65 + b"\x00")
+    with pytest.raises(data.IDXFormatError, match="65 dimensions"):
+        data.read_idx(path)
