@@ -37,7 +37,9 @@ import os
 import socket
 import sys
 import tempfile
+import tokenize
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -191,10 +193,13 @@ def _optimizer_state(arrays: dict) -> dict:
     state, groups = {}, {}
     for key, a in arrays.items():
         parts = key.split("/")
-        if parts[1] == "state" and len(parts) == 4:
-            v = a.item() if parts[3] == "step" else a
+        if len(parts) != 4 or not parts[2].isdecimal():
+            raise ValueError(f"unexpected entry {key!r} in the checkpoint")
+        if parts[1] == "state":
+            # a step that is not a scalar is left for _parse_state_dict to name
+            v = a.item() if parts[3] == "step" and a.ndim == 0 else a
             state.setdefault(int(parts[2]), {})[parts[3]] = v
-        elif parts[1] == "param_groups" and len(parts) == 4:
+        elif parts[1] == "param_groups":
             v = a.item() if a.ndim == 0 else (a.tolist() if parts[3] == "params" else tuple(a.tolist()))
             groups.setdefault(int(parts[2]), {})[parts[3]] = v
         else:
@@ -222,11 +227,19 @@ def load(path, model, optimizer=None) -> dict:
             raise ValueError(f"{path}: holds pickled objects; fastnn checkpoints never do, "
                              f"refusing to load it") from None
         raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError) as exc:
+        # zlib: a corrupt compressed member; tokenize: numpy's parse of a corrupt .npy header
         raise ValueError(f"{path}: not a readable .npz checkpoint ({exc})") from None
+    for k, a in arrays.items():
+        if not isinstance(a, np.ndarray):  # np.load gives a member that is not .npy as bytes
+            raise ValueError(f"{path}: not a readable .npz checkpoint (entry {k!r} is not a .npy array)")
     if "fastnn/format" not in arrays:
         raise ValueError(f"{path}: not a fastnn checkpoint (no 'fastnn/format' entry)")
-    version = int(arrays["fastnn/format"])
+    fmt = arrays["fastnn/format"]
+    if fmt.ndim != 0 or fmt.dtype.kind not in "iu":
+        raise ValueError(f"{path}: not a readable .npz checkpoint ('fastnn/format' must be an "
+                         f"integer, got {fmt.dtype} of shape {fmt.shape})")
+    version = int(fmt)
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {version} is newer than this fastnn "
                          f"understands ({FORMAT_VERSION}); upgrade fastnn")
@@ -244,13 +257,13 @@ def load(path, model, optimizer=None) -> dict:
         if saved_cls != type(optimizer).__name__:
             raise ValueError(f"{path}: the checkpoint holds {saved_cls} state, but the optimizer "
                              f"is {type(optimizer).__name__}")
-        opt_state = _optimizer_state(opt_arrays)
-        parse = getattr(optimizer, "_parse_state_dict", None)
-        if parse is not None:
-            try:
+        try:
+            opt_state = _optimizer_state(opt_arrays)
+            parse = getattr(optimizer, "_parse_state_dict", None)
+            if parse is not None:
                 parse(opt_state)
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(model_state)
     except ValueError as exc:

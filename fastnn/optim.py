@@ -97,6 +97,23 @@ def _check_grad(where, p):
         raise ValueError(f"{where}.grad must be C-contiguous and writeable")
 
 
+def _check_state(i, opt):
+    """opt.state[i]'s arrays as the kernels read and write them: the
+    parameter's shape and dtype, C-contiguous, writeable (they may have been
+    replaced since they were made or loaded)."""
+    p = opt.params[i]
+    for name in opt._state_names:
+        a = opt.state[i].get(name)
+        if a is None:
+            continue
+        if (not isinstance(a, np.ndarray) or a.shape != p.shape or a.dtype != p.dtype
+                or not a.flags.c_contiguous or not a.flags.writeable):
+            got = (type(a).__name__ if not isinstance(a, np.ndarray)
+                   else f"shape {a.shape}, dtype {a.dtype}")
+            raise ValueError(f"state[{i}][{name!r}] must be a writeable C-contiguous array of "
+                             f"params[{i}]'s shape {p.shape} and dtype {p.dtype}, got {got}")
+
+
 def _flat(a: np.ndarray) -> np.ndarray:
     """A plain 1-D view (numba dispatch on ndarray subclasses is slow)."""
     return a.view(np.ndarray).reshape(-1)
@@ -132,6 +149,31 @@ def _hyper_name(g, name):
     return name if g is None else f"param_groups[{g}][{name!r}]"
 
 
+def _indices(name, value) -> list:
+    """A saved group's parameter indices as a list of ints."""
+    try:
+        a = np.asarray(value)
+    except ValueError:  # ragged
+        a = None
+    if a is None or a.ndim > 1 or a.size and a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be a list of parameter indices, got {value!r}")
+    return [int(i) for i in a.reshape(-1)]
+
+
+def _step_count(value):
+    """A saved step count as an int, or None when it is not a whole number >= 0."""
+    try:
+        a = np.asarray(value)
+    except ValueError:  # ragged
+        return None
+    if a.ndim != 0 or a.dtype.kind not in "iuf":
+        return None
+    t = a.item()
+    if a.dtype.kind == "f" and not (math.isfinite(t) and t == int(t)) or t < 0:
+        return None
+    return int(t)
+
+
 # Tensors per multi-tensor kernel call; a dtype with more takes several calls.
 # Calls get tuples padded to a power of two (at least 8) so that numba
 # compiles a few tuple lengths, not one per model.
@@ -151,6 +193,11 @@ class _Bucket:
         self.empty = np.empty(0, self.dtype)
         pad = [self.empty] * (self.padded - n)
         self.params = tuple([_flat(opt.params[i]) for i in indices] + pad)
+        # .grad may have been replaced since the last check: the kernel reads
+        # each grad for its parameter's size, without bounds checks
+        for i in indices:
+            _check_grad(f"params[{i}]", opt.params[i])
+            _check_state(i, opt)
         self.grad_sources = [opt.params[i].grad for i in indices]
         self.grads = tuple([_flat(g) for g in self.grad_sources] + pad)
         self.states = tuple(
@@ -188,6 +235,7 @@ class Optimizer:
 
     _checks: dict = {}
     _state_names: tuple = ()
+    _nonneg_state: tuple = ()  # state a load must find >= 0 (its square root is taken)
     _table_width = 1
     # Units of kernel work per parameter element (``Kernel``'s ``work=``): an
     # update touches several arrays per element, so its parallel build pays
@@ -389,11 +437,30 @@ class Optimizer:
         groups = state_dict["param_groups"]
         if isinstance(groups, dict):  # as flattened by a checkpoint: {0: {...}}
             groups = [groups[k] for k in sorted(groups)]
+        state = state_dict["state"]
+        if not isinstance(groups, (list, tuple)):
+            raise ValueError(f"state_dict['param_groups'] must be a list of dicts (from "
+                             f"{name}.state_dict()), got {type(groups).__name__}")
+        if not isinstance(state, dict):
+            raise ValueError(f"state_dict['state'] must be a dict (from {name}.state_dict()), "
+                             f"got {type(state).__name__}")
+        for key, items in (("param_groups", enumerate(groups)), ("state", state.items())):
+            for k, v in items:
+                if not isinstance(v, dict):
+                    raise ValueError(f"state_dict[{key!r}][{k!r}] must be a dict, got {type(v).__name__}")
         groups = [dict(gr) for gr in groups]
+        indexed = {}
+        for k, v in state.items():
+            try:
+                indexed[int(k)] = v
+            except (TypeError, ValueError):
+                raise ValueError(f"state_dict['state'] must be keyed by parameter index, "
+                                 f"got key {k!r}") from None
+        state = indexed
         problems = []
         n = len(self.params)
-        ids = [[int(i) for i in np.asarray(gr.get("params", []), dtype=np.int64).reshape(-1)]
-               for gr in groups]
+        ids = [_indices(f"state_dict['param_groups'][{g}]['params']", gr.get("params", []))
+               for g, gr in enumerate(groups)]
         total = sum(len(x) for x in ids)
         if total != n:
             problems.append(f"the state is for {total} parameters, the optimizer has {n}")
@@ -422,7 +489,6 @@ class Optimizer:
                 continue
             extra = {k: v for k, v in gr.items() if k not in self._checks and k != "params"}
             new_groups.append({**extra, **values})
-        state = {int(k): v for k, v in dict(state_dict["state"]).items()}
         steps, arrays = [set() for _ in self.param_groups], []
         for i, p in enumerate(self.params):
             st = state.get(i)
@@ -432,7 +498,12 @@ class Optimizer:
                 arrays.append({})
                 continue
             if "step" in st:
-                steps[self._group_of[i]].add(int(np.asarray(st["step"])))
+                t = _step_count(st["step"])
+                if t is None:
+                    problems.append(f"parameter {i}: step must be a non-negative integer, "
+                                    f"got {st['step']!r}")
+                else:
+                    steps[self._group_of[i]].add(t)
             entry = {}
             for sname in self._state_names:
                 if sname not in st:
@@ -444,6 +515,9 @@ class Optimizer:
                     problems.append(f"parameter {i} {sname}: shape {a.shape} in the state, {p.shape} in the model")
                 elif a.dtype != p.dtype:
                     problems.append(f"parameter {i} {sname}: dtype {a.dtype} in the state, {p.dtype} in the model")
+                elif sname in self._nonneg_state and not (a >= 0).all():
+                    problems.append(f"parameter {i} {sname}: must be non-negative, has negative "
+                                    f"or NaN entries")
                 entry[sname] = a
             arrays.append(entry)
         for g, s in enumerate(steps):
@@ -573,6 +647,7 @@ class Adam(Optimizer):
                "eps": lambda name, v: V.real(name, v, lo=0, lo_open=True),
                "weight_decay": _nonneg}
     _state_names = ("exp_avg", "exp_avg_sq")
+    _nonneg_state = ("exp_avg_sq",)
     _table_width = len(K.ADAM_HYPER)
     UPDATE_WORK = 4
     _decoupled = False

@@ -1,10 +1,14 @@
 """fastnn.checkpoint: round trips, pickle-free and atomic files, mismatch
 errors, and bit-exact resumption of training in a fresh process."""
 
+import io
 import os
+import re
 import subprocess
+import struct
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +130,101 @@ def test_refuses_pickles_and_foreign_files(tmp_path):
     with pytest.raises(TypeError, match="numbers"):
         checkpoint.save(tmp_path / "x.npz", model, note={"a": 1})
     assert not (tmp_path / "x.npz").exists()
+
+
+def small_model(seed=0):
+    fastnn.manual_seed(seed)
+    return nn.Sequential([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)])
+
+
+def _npy(a) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _rewrite(src, dst, members: dict):
+    """Copy the archive ``src`` to ``dst`` with ``members`` (name -> raw bytes) replaced or added."""
+    with zipfile.ZipFile(src) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    entries.update(members)
+    with zipfile.ZipFile(dst, "w") as z:
+        for n, data in entries.items():
+            z.writestr(n, data)
+    return dst
+
+
+def _corrupt_deflate(path, member):
+    """Overwrite ``member``'s compressed bytes with 0xFF: a deflate block of the invalid type 3."""
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    raw = bytearray(Path(path).read_bytes())
+    name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start:start + info.compress_size] = b"\xff" * info.compress_size
+    Path(path).write_bytes(bytes(raw))
+
+
+def test_corrupt_archives_raise_value_error_naming_the_path(tmp_path):
+    """Whatever is wrong inside the archive, load raises ValueError (with the
+    path) before changing the model or the optimizer."""
+    good = tmp_path / "good.npz"
+    saved = small_model()
+    checkpoint.save(good, saved, optim.Adam(saved.parameters()), epoch=1)
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (4,, }"  # unbalanced
+    header += b" " * (118 - len(header)) + b"\n"
+    bad_header = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + bytes(32)
+    unreadable = "not a readable .npz checkpoint"
+    bad_format = unreadable + " ('fastnn/format' must be an integer"
+    cases = {
+        "format_str": ({"fastnn/format.npy": _npy(np.array("abc"))}, bad_format),
+        "format_1d": ({"fastnn/format.npy": _npy(np.array([1, 2]))}, bad_format),
+        "format_nan": ({"fastnn/format.npy": _npy(np.array(np.nan))}, bad_format),
+        "extra_raw": ({"extra/note": b"hello"}, unreadable + " (entry 'extra/note' is not a .npy array)"),
+        "model_raw": ({"model/0.W.npy": b"hello"}, unreadable + " (entry 'model/0.W' is not a .npy array)"),
+        "bad_header": ({"model/0.W.npy": bad_header}, unreadable),
+        "state_key": ({"optimizer/state/x/step.npy": _npy(np.array(1))}, "unexpected entry 'optimizer/state/x/step'"),
+        "group_key": ({"optimizer/param_groups/a/lr.npy": _npy(np.array(0.1))},
+                      "unexpected entry 'optimizer/param_groups/a/lr'"),
+    }
+    paths = {name: (_rewrite(good, tmp_path / f"{name}.npz", members), match)
+             for name, (members, match) in cases.items()}
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, **{"fastnn/format": np.array(1)},
+                        **{"model/" + k: v for k, v in saved.state_dict().items()})
+    _corrupt_deflate(compressed, "model/0.W.npy")
+    paths["compressed"] = (compressed, unreadable)
+    target = small_model(seed=1)
+    target_opt = optim.Adam(target.parameters())
+    before = target.state_dict()
+    for name, (path, match) in paths.items():
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {match}")):
+            checkpoint.load(path, target, target_opt)
+        assert_same_state(target.state_dict(), before)
+        assert target_opt.step_count == 0
+    assert checkpoint.load(good, target, target_opt) == {"epoch": 1}
+
+
+def test_invalid_optimizer_step_in_a_checkpoint_is_refused(tmp_path):
+    model = small_model()
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad[...] = 1.0
+    opt.step()
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    checkpoint.save(good, model, opt)
+    with zipfile.ZipFile(good) as z:
+        steps = [n for n in z.namelist() if n.endswith("/step.npy")]
+    assert len(steps) == 4
+    _rewrite(good, bad, {n: _npy(np.array(-1)) for n in steps})
+    target = small_model(seed=1)
+    target_opt = optim.Adam(target.parameters())
+    before = target.state_dict()
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: Adam state does not match: parameter 0: "
+                                                   f"step must be a non-negative integer, got -1")):
+        checkpoint.load(bad, target, target_opt)
+    assert_same_state(target.state_dict(), before)
+    assert target_opt.step_count == 0 and not target_opt.state[0]["exp_avg"].any()
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

@@ -777,3 +777,122 @@ def test_gradients_and_state_share_the_parameters_page_offset():
     opt.step()
     for arr in (p.grad, opt.state[0]["exp_avg"], opt.state[0]["exp_avg_sq"]):
         assert (arr.ctypes.data - p.ctypes.data) % PAGE == 0
+
+
+# ------------------------------------------------ gradients and restored state
+
+
+@pytest.mark.parametrize("rebuild", ["first_step", "momentum", "add_param_group", "load_state_dict"])
+def test_grad_replaced_before_a_bucket_rebuild_is_refused(rebuild):
+    """The update kernel reads each .grad for its parameter's size with no
+    bounds checks: a grad replaced before the buckets are (re)built must be
+    checked like one replaced between steps."""
+    p = _param([1.0, 2.0, 3.0, 4.0], np.float32)
+    opt = optim.SGD([p], lr=1.0)
+    if rebuild != "first_step":
+        opt.step()
+    p.grad = np.ones(1, np.float32)  # shorter than p
+    if rebuild == "momentum":
+        opt.momentum = 0.9  # makes momentum buffers
+    elif rebuild == "add_param_group":
+        opt.add_param_group({"params": [nn.Parameter(np.zeros(2, np.float32))]})
+    elif rebuild == "load_state_dict":  # state with momentum buffers this optimizer lacks
+        opt.load_state_dict(optim.SGD([_param(np.zeros(4), np.float32)], lr=1.0, momentum=0.5).state_dict())
+    steps = opt.step_count
+    with pytest.raises(ValueError, match=r"params\[0\]\.grad must be an array of the parameter's "
+                                         r"shape \(4,\) and dtype float32, got shape \(1,\)"):
+        opt.step()
+    np.testing.assert_array_equal(p, [1.0, 2.0, 3.0, 4.0])
+    assert opt.step_count == steps
+
+
+@pytest.mark.parametrize("name", ["exp_avg", "exp_avg_sq"])
+def test_state_replaced_before_a_bucket_rebuild_is_refused(name):
+    """The update kernel also reads and writes the state arrays for the
+    parameter's size: one replaced by a shorter array must be refused."""
+    p = _param([1.0, 2.0, 3.0, 4.0], np.float32)
+    opt = optim.Adam([p], lr=0.1)
+    opt.step()
+    opt.state[0][name] = np.zeros(1, np.float32)
+    opt.add_param_group({"params": [nn.Parameter(np.zeros(2, np.float32))]})  # rebuilds the buckets
+    before = p.copy()
+    with pytest.raises(ValueError, match=rf"state\[0\]\['{name}'\] must be .* shape \(4,\)"):
+        opt.step()
+    np.testing.assert_array_equal(p, before)
+
+
+@pytest.mark.parametrize("grad,match", [
+    (None, "got NoneType"),
+    (np.ones(4, np.float64), "dtype float64"),
+    (np.ones(8, np.float32)[::2], "must be C-contiguous"),
+])
+def test_bad_grad_before_the_first_step_names_the_parameter(grad, match):
+    p = _param([1.0, 2.0, 3.0, 4.0], np.float32)
+    opt = optim.Adam([p])
+    p.grad = grad
+    with pytest.raises(ValueError, match=r"params\[0\]\.grad .*" + match):
+        opt.step()
+    np.testing.assert_array_equal(p, [1.0, 2.0, 3.0, 4.0])
+
+
+def _adam_state_after_one_step():
+    model = _model()
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    _fill_grads(model.parameters(), 0)
+    opt.step()
+    return model, opt.state_dict()
+
+
+@pytest.mark.parametrize("step", [-1, -5, 1.7, float("nan"), True, "3", np.array([1, 2])])
+def test_load_state_dict_refuses_a_step_that_is_not_a_count(step):
+    model, sd = _adam_state_after_one_step()
+    for st in sd["state"].values():
+        st["step"] = step
+    fresh = optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match=r"Adam state does not match: parameter 0: step must be "
+                                         r"a non-negative integer"):
+        fresh.load_state_dict(sd)
+    assert fresh.step_count == 0 and not fresh.state[0]["exp_avg"].any()
+    # whole numbers of any numeric type are counts
+    for ok in (2.0, np.int64(2), np.array(2)):
+        for st in sd["state"].values():
+            st["step"] = ok
+        fresh.load_state_dict(sd)
+        assert fresh.step_count == 2
+        fresh.step()
+        assert all(np.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan")])
+def test_load_state_dict_refuses_negative_exp_avg_sq(bad):
+    model, sd = _adam_state_after_one_step()
+    sd["state"][1]["exp_avg_sq"][0] = bad
+    fresh = optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match=r"parameter 1 exp_avg_sq: must be non-negative"):
+        fresh.load_state_dict(sd)
+    assert not fresh.state[1]["exp_avg_sq"].any()
+    # SGD's momentum buffer may be negative
+    sgd = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sgd.step()
+    sd = sgd.state_dict()
+    sd["state"][1]["momentum_buffer"][0] = -1.0
+    sgd.load_state_dict(sd)
+    assert sgd.state[1]["momentum_buffer"][0] == -1.0
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda sd: sd.__setitem__("param_groups", [1]), r"state_dict\['param_groups'\]\[0\] must be a dict, got int"),
+    (lambda sd: sd.__setitem__("param_groups", 5), r"state_dict\['param_groups'\] must be a list of dicts"),
+    (lambda sd: sd.__setitem__("state", None), r"state_dict\['state'\] must be a dict .*got NoneType"),
+    (lambda sd: sd["state"].__setitem__(0, 3), r"state_dict\['state'\]\[0\] must be a dict, got int"),
+    (lambda sd: sd["state"].__setitem__("x", sd["state"].pop(0)), "keyed by parameter index, got key 'x'"),
+    (lambda sd: sd["param_groups"][0].__setitem__("params", ["a", "b", "c", "d"]),
+     r"state_dict\['param_groups'\]\[0\]\['params'\] must be a list of parameter indices"),
+])
+def test_load_state_dict_names_a_malformed_structure(mutate, match):
+    model, sd = _adam_state_after_one_step()
+    mutate(sd)
+    fresh = optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(sd)
+    assert fresh.step_count == 0
