@@ -25,16 +25,23 @@ _EMPTY2_U8 = np.empty((0, 0), np.uint8)
 _ZERO_U64 = np.uint64(0)
 
 
+def _linear_step(kind, linear, block=None):
+    """(kind, linear, W, b, block), W and b as checked: the bias kernel reads b unchecked,
+    and eval_forward replans when either is replaced."""
+    linear._check_params()
+    return (kind, linear, linear.W, linear.b, block)
+
+
 def _steps(model, blocks):
-    """Per block: ("block", linear, code, alpha), ("linear", linear) or ("module", m)."""
+    """Per block: ("block", linear, W, b, fused block), ("linear", linear, W, b, None) or ("module", m)."""
     from .nn import Dropout, Linear, _LinearActBlock  # nn imports this module
 
     steps = []
     for block in blocks:
         if isinstance(block, _LinearActBlock):
-            steps.append(("block", block.linear, block.code, block.alpha))
+            steps.append(_linear_step("block", block.linear, block))
         elif type(block) is Linear:
-            steps.append(("linear", block))
+            steps.append(_linear_step("linear", block))
         elif type(block) is Dropout:
             continue  # the identity in eval mode
         else:
@@ -57,18 +64,23 @@ def eval_forward(model, x):
         cache = model._eval_cache = (blocks, steps, {})
     _, steps, buffers = cache
     first = steps[0][1]
-    dt = first.W.dtype
+    dt = steps[0][2].dtype  # W as checked
     if not (type(x) is np.ndarray and x.dtype == dt and x.ndim == 2
             and x.shape[1] == first.in_features and x.shape[0] > 0):
         return None
     object.__setattr__(model, "_ran", None)  # nothing saved: a backward must not use an older forward's state
-    n, last = x.shape[0], len(steps) - 1
+    n, last, x0 = x.shape[0], len(steps) - 1, x
     for k, step in enumerate(steps):
         kind, layer = step[0], step[1]
         if kind == "module":
             x = layer.forward(x, training=False)
             continue
         W, b = layer.W, layer.b
+        if W is not step[2] or b is not step[3]:  # a replaced parameter: check (and plan) again
+            del model._eval_cache
+            return eval_forward(model, x0)
+        if x.shape[1] != layer.in_features:  # widths that do not chain: the layer path's error
+            raise ValueError(f"x must have shape (N, {layer.in_features}) for {layer!r}, got {x.shape}")
         if k == last:
             y = np.empty((n, layer.out_features), dt)  # leaves the model: a fresh array
         else:
@@ -77,7 +89,8 @@ def eval_forward(model, x):
                 y = buffers[(k, n)] = np.empty((n, layer.out_features), dt)
         np.matmul(x, W.view(np.ndarray), out=y)
         if kind == "block":
-            _K_la.bias_act_dropout_forward(y, _EMPTY2[dt], _EMPTY2_U8, b.view(np.ndarray), step[2], step[3],
+            block = step[4]
+            _K_la.bias_act_dropout_forward(y, _EMPTY2[dt], _EMPTY2_U8, b.view(np.ndarray), block.code, block.alpha,
                                            _ZERO_U64, _ZERO_U64, 0, 1.0, work=y.size)
         elif b is not None:
             np.add(y, b, out=y)

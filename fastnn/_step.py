@@ -152,6 +152,7 @@ class SequentialProgram:
                     return no(f"an unsupported module in {block!r}")
                 if lin.in_features != width:
                     return no("widths do not chain")
+                lin._check_params(grads=True)  # a replaced W or b: the kernels do no bounds checks
                 width = lin.out_features
                 b = _Block(_K_step.LINEAR_ACT, width, (lin, act, drop, block))
                 b.code, b.alpha = block.code, block.alpha
@@ -164,6 +165,7 @@ class SequentialProgram:
             elif type(block) is nn.Linear:
                 if block.in_features != width:
                     return no("widths do not chain")
+                block._check_params(grads=True)
                 width = block.out_features
                 b = _Block(_K_step.LINEAR, width, (block,))
                 b.W, b.GW = _plain(block.W), block.W.grad
@@ -198,6 +200,11 @@ class SequentialProgram:
                 if bn:
                     b.momentum = float(block.momentum)
                     b.R1, b.R2 = block.running_mean, block.running_var
+                # replaced parameters, grads or statistics: the layer path explains
+                if any(not isinstance(a, np.ndarray) or a.shape != (width,)
+                       for a in (b.P1, b.P2, b.G1, b.G2) + ((b.R1, b.R2) if bn else ())):
+                    return no(f"a parameter, gradient or running statistic of {block!r} is not of shape "
+                              f"({width},)")
                 kern = _K_bn if bn else _K_ln
                 name = "batchnorm" if bn else "layernorm"
                 b.work = width * max(_cost(kern, f"{name}_{d}", dt) for d in ("forward", "backward"))
@@ -212,6 +219,8 @@ class SequentialProgram:
                    or not a.flags.writeable for a in arrays):
                 return no("a parameter, gradient or buffer of another dtype, or not contiguous")
         prog = cls(blocks, dt, X.shape[1], gemm_fns)
+        # BatchNorm's batch variance needs 2 rows: the layer path refuses fewer
+        prog.min_rows = 2 if any(b.op == _K_step.BATCHNORM for b in blocks) else 1
         prog.identities = identities
         prog.out_width = width
         prog.work_per_row = max(prog.work_per_row, width * _cost(_K_xent, "softmax_xent_forward_labels", dt))
@@ -270,6 +279,9 @@ class SequentialProgram:
         ``batch(n)``; False when a loss is not finite (nothing else has
         changed then but the Dropout step counters and BatchNorm's running
         statistics, as on the layer path)."""
+        if n < self.min_rows:
+            raise ValueError(f"batchnorm in training mode needs more than 1 sample per batch to compute a "
+                             f"variance, got a batch of {n} (use eval mode for single samples)")
         self._advance_dropout()
         b = self._buffers(n)
         self._n = n
@@ -341,16 +353,19 @@ class SequentialProgram:
                     act.saved = None
                 if drop is not None:
                     drop.mask = M[k] if blk.mask else None
+                    drop._ran = True
             elif op == _K_step.LINEAR:
                 mods[0].x = A[k]
             elif op == _K_step.ACTIVATION:
                 mods[0].saved = A[k + 1] if blk.saves_output else A[k]
             elif op == _K_step.DROPOUT:
                 mods[0].mask = M[k]
+                mods[0]._ran = True
             else:
                 mods[0]._cache = (A[k], S1[k], S2[k])
         for drop in self.identities:
             drop.mask = None
+            drop._ran = True
 
 
 def _fingerprint(model):
@@ -387,8 +402,8 @@ def module_forward(model, x):
         cached = model._program = (key, prog)
     prog = cached[1]
     if (prog is None or x.dtype != prog.dtype or x.shape[1] != prog.in_width
-            or not prog.serial_at(x.shape[0])):
-        return None
+            or x.shape[0] < prog.min_rows or not prog.serial_at(x.shape[0])):
+        return None  # the layer path runs (and explains a batch too small for BatchNorm)
     return prog.module_forward(x)
 
 

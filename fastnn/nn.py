@@ -64,6 +64,14 @@ class Parameter(np.ndarray):
     def __reduce__(self):
         return (Parameter, (np.asarray(self),))
 
+    def __deepcopy__(self, memo):
+        # ndarray's own __deepcopy__ would skip __reduce__ and leave grad None
+        p = Parameter(np.asarray(self))
+        if isinstance(self.grad, np.ndarray) and self.grad.shape == p.shape:
+            np.copyto(p.grad, self.grad)
+        memo[id(self)] = p
+        return p
+
     def __repr__(self) -> str:
         return "Parameter(" + repr(np.asarray(self))[6:]
 
@@ -357,6 +365,9 @@ class Linear(Module):
         if init not in _init.INITIALIZERS:
             raise ValueError(f"init must be one of {sorted(_init.INITIALIZERS)}, got {init!r}")
         dtype = V.float_dtype("dtype", dtype)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or None, "
+                            f"got {type(rng).__name__}")
         self.W = Parameter(_init.INITIALIZERS[init](in_features, out_features, dtype=dtype, rng=rng))
         self.b = Parameter(np.zeros(out_features, dtype)) if bias else None
         self.x = None
@@ -376,7 +387,34 @@ class Linear(Module):
     def _named_params(self):
         return [("W", self.W)] + ([("b", self.b)] if self.b is not None else [])
 
+    def _check_params(self, grads: bool = False) -> None:
+        """W and b (and with ``grads`` their gradients) against the layer's
+        shape and W's dtype: the fused and compiled paths hand them to kernels
+        that do no bounds checking, and a Parameter may have been replaced."""
+        shape = (self.in_features, self.out_features)
+        named = [("W", self.W, shape)] + ([] if self.b is None else [("b", self.b, shape[1:])])
+        dt = None
+        for name, p, want in named:
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"{name} of {self!r} must be a Parameter, got {type(p).__name__}")
+            V.float_array(name, _plain(p), ndim=len(want), dtype=dt)
+            if p.shape != want:
+                raise ValueError(f"{name} must have shape {want} for {self!r}, got {p.shape}")
+            if not p.flags.c_contiguous:
+                raise ValueError(f"{name} of {self!r} must be C-contiguous")
+            dt = p.dtype
+            g = getattr(p, "grad", None)
+            if grads and not (isinstance(g, np.ndarray) and g.shape == p.shape and g.dtype == p.dtype
+                              and g.flags.c_contiguous and g.flags.writeable):
+                got = (f"shape {g.shape}, dtype {g.dtype}" if isinstance(g, np.ndarray)
+                       else type(g).__name__)
+                raise ValueError(f"{name}.grad of {self!r} must be a writeable C-contiguous array of "
+                                 f"shape {p.shape} and dtype {p.dtype}, got {got}")
+
     def forward(self, x, training=None):
+        W = self.W
+        if not isinstance(W, np.ndarray) or W.shape != (self.in_features, self.out_features):
+            self._check_params()  # a replaced W: named here, not by the next layer
         x = V.float_array("x", x, ndim=2, dtype=self.W.dtype)
         if x.shape[1] != self.in_features:
             raise ValueError(
@@ -429,7 +467,16 @@ class LeakyReLU(_Activation):
 
     def __init__(self, alpha: float = 0.01):
         super().__init__()
-        self.alpha = V.real("alpha", alpha)
+        self.alpha = alpha
+
+    # Checked on assignment: the fused and compiled paths pass it to kernels as is.
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value) -> None:
+        self._alpha = V.real("alpha", value)
 
     def __repr__(self):
         return f"LeakyReLU(alpha={self.alpha})"
@@ -472,7 +519,7 @@ class Dropout(Module):
     row_offset = 0
 
     def __init__(self, p: float = 0.5, seed: int | None = None):
-        self.p = V.real("p", p, lo=0, hi=1, hi_open=True)
+        self.p = p
         if seed is None:
             seed = int(_init.default_rng().integers(0, 2**63 - 1))
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -483,6 +530,16 @@ class Dropout(Module):
         self._seed = np.array(int(seed) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
         self._step = np.zeros((), dtype=np.int64)
         self.mask = None
+        self._ran = False  # a forward ran: backward before it is an error, as for other modules
+
+    # Checked on assignment: the fused and compiled paths read it without F.dropout's check.
+    @property
+    def p(self) -> float:
+        return self._p
+
+    @p.setter
+    def p(self, value) -> None:
+        self._p = V.real("p", value, lo=0, hi=1, hi_open=True)
 
     @property
     def seed(self) -> int:
@@ -510,9 +567,11 @@ class Dropout(Module):
             self.step += 1
         y, self.mask = F.dropout(x, self.p, seed=self.seed, step=self.step,
                                  training=training, backend=self._backend, row_offset=self.row_offset)
+        self._ran = True
         return y
 
     def backward(self, dout):
+        self._need(self.__dict__.get("_ran") or None)
         return F.dropout_backward(dout, self.mask, self.p, backend=self._backend)
 
     def __repr__(self):
@@ -537,14 +596,31 @@ class BatchNorm(Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, *, dtype=np.float32):
         self.dim = V.positive_int("dim", dim)
-        self.eps = V.real("eps", eps, lo=0, lo_open=True)
-        self.momentum = V.real("momentum", momentum, lo=0, hi=1)
+        self.eps = eps
+        self.momentum = momentum
         dtype = V.float_dtype("dtype", dtype)
         self.gamma = Parameter(np.ones(dim, dtype))
         self.beta = Parameter(np.zeros(dim, dtype))
         self.running_mean = np.zeros(dim, dtype)
         self.running_var = np.ones(dim, dtype)
         self._cache = None
+
+    # Checked on assignment: the compiled step passes them to its kernel as they are.
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @eps.setter
+    def eps(self, value) -> None:
+        self._eps = V.real("eps", value, lo=0, lo_open=True)
+
+    @property
+    def momentum(self) -> float:
+        return self._momentum
+
+    @momentum.setter
+    def momentum(self, value) -> None:
+        self._momentum = V.real("momentum", value, lo=0, hi=1)
 
     @property
     def dgamma(self):
@@ -599,11 +675,20 @@ class LayerNorm(Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, *, dtype=np.float32):
         self.dim = V.positive_int("dim", dim)
-        self.eps = V.real("eps", eps, lo=0, lo_open=True)
+        self.eps = eps
         dtype = V.float_dtype("dtype", dtype)
         self.gamma = Parameter(np.ones(dim, dtype))
         self.beta = Parameter(np.zeros(dim, dtype))
         self._cache = None
+
+    # Checked on assignment: the compiled step passes it to its kernel as it is.
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @eps.setter
+    def eps(self, value) -> None:
+        self._eps = V.real("eps", value, lo=0, lo_open=True)
 
     @property
     def dgamma(self):
@@ -698,9 +783,27 @@ class _LinearActBlock:
     def __init__(self, linear, act, drop):
         self.linear, self.act, self.drop = linear, act, drop
         self.code = _ACT_CODES["identity" if act is None else act.name]
-        self.alpha = getattr(act, "alpha", 0.01)
         self._bufs = {}
         self._cache = None
+        self._seen = (None, None, None, None)  # W, b, W.grad, b.grad as last checked
+
+    @property
+    def alpha(self) -> float:
+        """The activation's, read at each call: LeakyReLU.alpha may change."""
+        return getattr(self.act, "alpha", 0.01)
+
+    def _params(self, grads=False):
+        """The Linear's (W, b), checked (``Linear._check_params``) when either
+        or, with ``grads``, a gradient is not the one checked last time."""
+        lin = self.linear
+        W, b = lin.W, lin.b
+        seen = self._seen
+        if W is not seen[0] or b is not seen[1] or grads and (W.grad is not seen[2] or b.grad is not seen[3]):
+            if b is None:  # the plan fuses only a Linear with a bias; a forward re-plans
+                raise ValueError(f"b of {lin!r} was set to None after the forward; run the forward again")
+            lin._check_params(grads)
+            self._seen = (W, b) + ((W.grad, b.grad) if grads else (None, None))
+        return W, b
 
     def _buffers(self, n, dt):
         """(y, z, mask, dz, dx) for batch size n, allocated once per size."""
@@ -715,7 +818,7 @@ class _LinearActBlock:
 
     def forward(self, x, training, backend, reuse_out):
         lin = self.linear
-        W = lin.W
+        W, b = self._params()
         dt = W.dtype
         x = V.float_array("x", x, ndim=2, dtype=dt)
         if x.shape[1] != lin.in_features:
@@ -731,10 +834,10 @@ class _LinearActBlock:
             seed, step, row0 = np.uint64(drop.seed), np.uint64(drop.step), int(drop.row_offset)
         else:
             scale, threshold, seed, step, mask, row0 = 1.0, 0, _ZERO_U64, _ZERO_U64, _EMPTY2_U8, 0
-        args = (y, z, mask, x, _plain(W), _plain(lin.b), self.code, self.alpha, seed, step, threshold, scale,
+        args = (y, z, mask, x, _plain(W), _plain(b), self.code, self.alpha, seed, step, threshold, scale,
                 row0)
         if F._finite_maybe and F._check_finite:  # dropout would hide a NaN in W from the output check
-            F._finite("linear_act_forward", "received", x=x, W=W, b=lin.b)
+            F._finite("linear_act_forward", "received", x=x, W=W, b=b)
         (_K_la if F._numba(backend) else _R_la).linear_act_forward(*args)
         if F._finite_maybe and F._check_finite:
             F._finite("linear_act_forward", "produced", y=y)
@@ -743,6 +846,7 @@ class _LinearActBlock:
             self.act.saved = None  # its own cache would be stale
         if drop is not None:
             drop.mask = mask if mask.size else None
+            drop._ran = True
         self._cache = (x, y, z, mask, scale)
         return y
 
@@ -750,8 +854,8 @@ class _LinearActBlock:
         if self._cache is None:
             raise RuntimeError("Sequential.backward called before forward")
         x, y, z, mask, scale = self._cache
-        lin = self.linear
-        dt = lin.W.dtype
+        W, b = self._params(grads=True)
+        dt = W.dtype
         dy = V.float_array("dout", dout, ndim=2, dtype=dt)
         V.same_shape("dout", dy, "the block's output", y)
         _, _, _, dz, dx = self._buffers(x.shape[0], dt)
@@ -759,7 +863,7 @@ class _LinearActBlock:
             dx = None
         elif not reuse_dx:  # returned to the caller: a fresh array
             dx = np.empty_like(dx)
-        args = (dx, lin.W.grad, lin.b.grad, dz, dy, x, _plain(lin.W), y, z, mask,
+        args = (dx, W.grad, b.grad, dz, dy, x, _plain(W), y, z, mask,
                 self.code, self.alpha, scale)
         if F._finite_maybe and F._check_finite:
             F._finite("linear_act_backward", "received", dout=dy)
@@ -768,7 +872,7 @@ class _LinearActBlock:
         else:
             _R_la.linear_act_backward(*args)
         if F._finite_maybe and F._check_finite:
-            F._finite("linear_act_backward", "produced", dx=dx, dW=lin.W.grad, db=lin.b.grad)
+            F._finite("linear_act_backward", "produced", dx=dx, dW=W.grad, db=b.grad)
         return dx
 
 
@@ -804,6 +908,7 @@ class Sequential(Module):
         self.fuse = bool(fuse)
         self._blocks = None
         self._block_key = None
+        self._fused = ()
         self._ran = None
         if loss is not None and not isinstance(loss, Module):
             raise TypeError(f"loss must be a fastnn Module (e.g. SoftmaxCrossEntropy()), got {type(loss).__name__}")
@@ -874,9 +979,15 @@ class Sequential(Module):
 
     def _plan(self):
         """Group layers into fused blocks (cached while the layer list is unchanged)."""
-        key = (self.fuse, tuple(id(m) for m in self.layers))
+        key = (self.fuse, tuple(map(id, self.layers)))
         if key == self._block_key:
-            return self._blocks
+            for lin in self._fused:  # only a Linear with a bias fuses: b set to None later re-plans
+                if lin.b is None:
+                    break
+            else:
+                return self._blocks
+        if len(set(key[1])) != len(key[1]):  # also after self.layers was changed in place
+            raise ValueError("a module instance may appear only once in a Sequential")
         layers, blocks, i = self.layers, [], 0
         while i < len(layers):
             layer = layers[i]
@@ -893,6 +1004,7 @@ class Sequential(Module):
             blocks.append(layer)
             i += 1
         self._blocks, self._block_key = blocks, key
+        self._fused = tuple(blk.linear for blk in blocks if isinstance(blk, _LinearActBlock))
         return blocks
 
     def forward(self, x, training=None):
@@ -990,7 +1102,9 @@ class _PointwiseLoss(Module):
                                                    delta=self.delta, pos_weight=self.pos_weight,
                                                    backend=self._backend)
         # Own copy of the targets: a caller may refill its batch buffer before backward.
-        self._cache = (np.shape(pred), p2, t2.copy() if t2.base is y or t2 is y else t2, delta, pw)
+        # (y may be a view of that buffer: compare memory, not objects)
+        own = isinstance(y, np.ndarray) and np.may_share_memory(t2, y)
+        self._cache = (np.shape(pred), p2, t2.copy() if own else t2, delta, pw)
         return loss
 
     def backward(self, dout=None):

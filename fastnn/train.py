@@ -92,9 +92,18 @@ def _model_dtype(model):
     return params[0].dtype if params else None
 
 
+def _input_ndim(model):
+    """2 where the model's first layer takes (N, features) only, else None (any)."""
+    while isinstance(model, nn.Sequential) and model.layers:
+        model = model.layers[0]
+    return 2 if isinstance(model, (nn.Linear, nn.BatchNorm)) else None
+
+
 def _data(X, y, model, what="X", y_name="y"):
     """X as a C-contiguous float array of the model's dtype; y as labels or targets."""
-    X = V.float_array(what, X, dtype=_model_dtype(model))
+    # X's ndim checked here: a later error would describe a one-row probe (_output_width)
+    X = V.float_array(what, X, ndim=_input_ndim(model), dtype=_model_dtype(model))
+    V.not_masked(y_name, y)
     if not isinstance(y, np.ndarray):
         if isinstance(y, (list, tuple)):
             y = np.asarray(y)
@@ -109,6 +118,11 @@ def _data(X, y, model, what="X", y_name="y"):
     if y.dtype.kind == "f":
         y = np.ascontiguousarray(y, dtype=X.dtype)
     elif y.dtype != np.int64 or not y.flags.c_contiguous:
+        big = y > np.iinfo(np.int64).max if y.dtype == np.uint64 else None
+        if big is not None and big.any():  # would wrap negative in int64: report the value given
+            i = _bad_row(big)
+            raise ValueError(f"{y_name} holds {int(y[i].max())} at dataset row {i}, not a class index "
+                             f"(too large for int64)")
         y = np.ascontiguousarray(y, dtype=np.int64)
     return X, y
 
@@ -545,6 +559,9 @@ def fit(model, loss_fn, optimizer, X, y, epochs=10, batch_size=64, validation_da
     if initial_epoch > epochs:
         raise ValueError(f"initial_epoch ({initial_epoch}) must not exceed epochs ({epochs})")
     batch_size = _count("batch_size", batch_size)
+    if batch_size < _min_train_batch(model):
+        raise ValueError(f"batch_size must be at least {_min_train_batch(model)} for this model "
+                         f"(BatchNorm needs 2 samples per training batch), got {batch_size}")
     eval_batch_size = _count("eval_batch_size", eval_batch_size)
     if clip_grad_norm is not None:
         clip_grad_norm = V.real("clip_grad_norm", clip_grad_norm, lo=0, lo_open=True)
@@ -796,8 +813,9 @@ def evaluate(model, loss_fn, X, y, batch_size=1024, metrics=None):
     batch_size = _count("batch_size", batch_size)
     raw_dtype = np.asarray(y).dtype if isinstance(y, (np.ndarray, list, tuple)) else None
     X, y = _data(X, y, model)
-    if getattr(loss_fn, "target_kind", None) in ("values", "binary"):  # (N,) for one output, as fit
-        y = _check_targets(loss_fn, y, _output_width(model, X), "y", raw_dtype)
+    # every target up front, as fit: errors name the dataset row and the dtype given;
+    # (N,) becomes (N, 1) for one regression or binary output
+    y = _check_targets(loss_fn, y, _output_width(model, X), "y", raw_dtype)
     if metrics is not None:
         return _evaluate(model, loss_fn, X, y, batch_size, _resolve_metrics(metrics, loss_fn))
     classify = getattr(loss_fn, "classification", False)
@@ -856,6 +874,7 @@ def overfit_single_batch(model, loss_fn, X, y, steps=100, lr=1e-2, optimizer=Non
     from .optim import Adam
 
     _check_model(model)
+    _check_loss(loss_fn)
     steps = _count("steps", steps)
     X, y = _data(X, y, model)
     if optimizer is None:
@@ -914,6 +933,7 @@ def gradcheck(module, x, y=None, loss_fn=None, *, eps=1e-5, max_checks=20, floor
     m.train(bool(training))
     x = np.array(V.float_array("x", x), dtype=np.float64, order="C")
     if loss_fn is not None:
+        _check_loss(loss_fn)
         loss_fn = copy.deepcopy(loss_fn)
         if y is None:
             raise ValueError("gradcheck with loss_fn needs the targets y")
