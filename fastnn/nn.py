@@ -287,6 +287,11 @@ class Module:
                 problems.append(f"{name}: shape {src.shape} in the state, {dst.shape} in the model")
             elif src.dtype != dst.dtype:
                 problems.append(f"{name}: dtype {src.dtype} in the state, {dst.dtype} in the model")
+        for name in sorted(set(targets) & set(state)):
+            # a Dropout's step counts forwards; a negative one cannot make a mask
+            if (name == "step" or name.endswith(".step")) and targets[name].dtype == np.int64 \
+                    and (np.asarray(state[name]) < 0).any():
+                problems.append(f"{name}: a step count must be non-negative, got {np.asarray(state[name])}")
         if problems:
             raise ValueError("state does not match the model: " + "; ".join(problems))
         for name, dst in targets.items():
@@ -547,6 +552,8 @@ class Dropout(Module):
 
     @seed.setter
     def seed(self, value) -> None:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(value).__name__}")
         self._seed[...] = int(value) & 0xFFFFFFFFFFFFFFFF
 
     @property
@@ -556,6 +563,10 @@ class Dropout(Module):
 
     @step.setter
     def step(self, value) -> None:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"step must be an int, got {type(value).__name__}")
+        if not 0 <= value < 2**63:
+            raise ValueError(f"step must be a count of forwards in [0, 2**63), got {value}")
         self._step[...] = value
 
     def _named_buffers(self):

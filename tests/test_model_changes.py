@@ -343,3 +343,29 @@ def test_fit_refuses_masked_labels():
     with pytest.raises(TypeError, match=r"\by\b.*masked array"):
         fastnn.fit(model, nn.SoftmaxCrossEntropy(), optim.SGD(model.parameters(), lr=0.1), X, y,
                    epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("value, error", [(-5, ValueError), (2**70, ValueError), ("abc", TypeError),
+                                          (1.7, TypeError), (True, TypeError)])
+def test_dropout_step_must_be_a_count(value, error):
+    d = nn.Dropout(0.5)
+    with pytest.raises(error, match=r"\bstep\b"):
+        d.step = value
+    assert d.step == 0
+
+
+def test_dropout_seed_must_be_an_int_and_is_taken_modulo_2_64():
+    d = nn.Dropout(0.5, seed=1)
+    with pytest.raises(TypeError, match=r"\bseed\b"):
+        d.seed = "x"
+    d.seed = -1
+    assert d.seed == 2**64 - 1
+
+
+def test_a_negative_dropout_step_in_a_state_dict_is_refused():
+    m = nn.Sequential([nn.Linear(5, 5), nn.Dropout(0.5), nn.Linear(5, 2)])
+    state = m.state_dict()
+    state["1.step"] = np.array(-5, np.int64)
+    with pytest.raises(ValueError, match=r"1\.step.*non-negative"):
+        m.load_state_dict(state)
+    assert m.layers[1].step == 0
