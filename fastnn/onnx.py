@@ -20,10 +20,12 @@ package is imported only when ``export`` is called (``pip install 'fastnn[onnx]'
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import numpy as np
 
+from . import _validate as V
 from . import nn
 
 __all__ = ["export", "OPSET"]
@@ -60,18 +62,70 @@ def _width(layer):
     return None
 
 
+def _check_params(where, layer):
+    """The layer's arrays against its shape and dtype, as the layer path
+    checks them: copied as they are, a wrong shape would be broadcast (by
+    Gemm, LayerNormalization, torch's copy_) into a model that computes
+    something else. ``where`` prefixes the error."""
+    try:
+        if type(layer) is nn.Linear:
+            layer._check_params()
+        elif type(layer) in (nn.BatchNorm, nn.LayerNorm):
+            names = ["gamma", "beta"] + (["running_mean", "running_var"] if type(layer) is nn.BatchNorm else [])
+            dt = None
+            for name in names:
+                a = getattr(layer, name)
+                if not isinstance(a, np.ndarray):
+                    raise TypeError(f"{name} of {layer!r} must be a numpy array, got {type(a).__name__}")
+                if a.dtype not in V.FLOAT_DTYPES or dt is not None and a.dtype != dt:
+                    want = "float32 or float64" if dt is None else f"{dt}, gamma's"
+                    raise TypeError(f"{name} of {layer!r} has dtype {a.dtype}, expected {want} "
+                                    f"(dtypes are never mixed silently)")
+                if a.shape != (layer.dim,):
+                    raise ValueError(f"{name} must have shape ({layer.dim},) for {layer!r}, got {a.shape}")
+                dt = a.dtype
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
+def _widths(model, input_features):
+    """(input width, output width), checking that the layers' widths chain."""
+    width = prev = None
+    if input_features is not None:
+        width, prev = V.positive_int("input_features", input_features), "input_features"
+    out = width
+    for i, layer in enumerate(model.layers):
+        w = _width(layer)
+        if w is None:
+            continue
+        if out is not None and w != out:
+            raise ValueError(f"fastnn.onnx.export: layer {i} ({layer!r}) takes {w} features but {prev} "
+                             f"gives {out}")
+        if width is None:
+            width = w
+        out, prev = getattr(layer, "out_features", w), f"layer {i} ({layer!r})"
+    return width, out
+
+
 def export(model, path, *, input_features: int | None = None, opset: int = OPSET):
     """Write ``model`` (a fastnn ``Sequential``) in eval-mode form to ``path``
     as an ONNX file and return the ``onnx.ModelProto``.
 
     ``input_features`` is needed only when no layer tells the input width
-    (a model of activations alone). The model itself is not changed.
+    (a model of activations alone); when given, it must match the first
+    layer's. ``opset`` runs from 17 to the newest the onnx package knows.
+    Every layer's arrays are checked against its shape and dtype, and the
+    widths must chain. The model itself is not changed.
     """
     _check(model)
+    if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, numbers.Integral):
+        raise TypeError(f"opset must be an int, got {type(opset).__name__}")
     if opset < OPSET:
         raise ValueError(f"opset must be at least {OPSET} (LayerNormalization), got {opset}")
+    for i, layer in enumerate(model.layers):
+        _check_params(f"fastnn.onnx.export: layer {i} ({layer!r})", layer)
     dtype = _dtype(model)
-    width = next((w for w in map(_width, model.layers) if w is not None), input_features)
+    width, out_width = _widths(model, input_features)
     if width is None:
         raise ValueError("input_features is required: no layer of the model gives the input width")
     try:
@@ -79,6 +133,9 @@ def export(model, path, *, input_features: int | None = None, opset: int = OPSET
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("fastnn.onnx.export needs the onnx package: pip install 'fastnn[onnx]'") from None
+    if opset > onnx.defs.onnx_opset_version():  # a file no runtime could load
+        raise ValueError(f"opset must be at most {onnx.defs.onnx_opset_version()} (the newest this onnx "
+                         f"package knows), got {opset}")
 
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
     nodes, inits = [], []
@@ -141,8 +198,6 @@ def export(model, path, *, input_features: int | None = None, opset: int = OPSET
     nodes[-1].output[0] = "output"
     nodes[-1].name = "output"
 
-    out_width = next((getattr(m, "out_features", None) or getattr(m, "dim", None)
-                      for m in reversed(model.layers) if _width(m) is not None), width)
     graph = helper.make_graph(
         nodes, "fastnn_sequential",
         [helper.make_tensor_value_info("input", elem, ["batch", width])],

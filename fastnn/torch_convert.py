@@ -18,7 +18,9 @@ Dropout(p)             Dropout(p)
 =====================  ==========================================
 
 eps, momentum, dtype (float32 or float64) and train/eval mode carry over;
-every array is copied, so the two models share no memory. Anything else (a
+every array is copied, so the two models share no memory, after its shape
+and dtype are checked against the layer's (a mismatch is refused, not
+broadcast or cast). Anything else (a
 Conv1d, a nested container, a custom module) is refused with an error naming
 the layer. torch is imported only when a function is called.
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import nn
+from .onnx import _check_params
 
 __all__ = ["to_torch", "from_torch"]
 
@@ -65,6 +68,7 @@ def to_torch(model):
     out = []
     for i, layer in enumerate(model.layers):
         kind = type(layer)
+        _check_params(f"to_torch: layer {i} ({layer!r})", layer)  # copy_ would broadcast or cast
         if kind is nn.Linear:
             dt = getattr(torch, layer.W.dtype.name)
             t = tnn.Linear(layer.in_features, layer.out_features, bias=layer.b is not None, dtype=dt)
@@ -114,6 +118,30 @@ def _numpy(tensor):
     return tensor.detach().cpu().numpy().copy()
 
 
+def _copy(torch, where, name, tensor, dst):
+    """``tensor`` into ``dst`` (a fastnn array), refusing a shape or dtype
+    that differs: assigning into ``dst[...]`` would broadcast or cast it."""
+    got = tuple(tensor.shape)
+    want = dst.shape[::-1] if dst.ndim == 2 else dst.shape  # Linear's W is (in, out), weight (out, in)
+    if got != want:
+        raise ValueError(f"from_torch: {where}: {name} has shape {got}, expected {want}")
+    if _dtype(torch, f"{where}: {name}", tensor) != dst.dtype:
+        raise TypeError(f"from_torch: {where}: {name} has dtype {tensor.dtype}, expected "
+                        f"torch.{dst.dtype.name} like the layer's other tensors")
+    a = _numpy(tensor)
+    dst[...] = a.T if dst.ndim == 2 else a
+
+
+def _module_dtype(torch, where, module):
+    """The one float dtype of ``module``'s tensors (torch's default when it
+    has none), for a layer that has no tensor of its own."""
+    dtypes = {t.dtype for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()}
+    if len(dtypes) > 1:
+        raise TypeError(f"from_torch: {where} has no tensor to take a dtype from, and the module mixes "
+                        f"dtypes {sorted(str(d) for d in dtypes)}; convert it with .float() or .double() first")
+    return dtypes.pop() if dtypes else torch.get_default_dtype()
+
+
 def from_torch(module, backend=None, fuse=True):
     """A fastnn ``Sequential`` equal to the ``torch.nn.Sequential`` ``module``
     (see the module docstring for the mapping); ``backend`` and ``fuse`` are
@@ -129,9 +157,9 @@ def from_torch(module, backend=None, fuse=True):
         if kind is tnn.Linear:
             dt = _dtype(torch, where, t.weight)
             layer = nn.Linear(t.in_features, t.out_features, bias=t.bias is not None, dtype=dt)
-            layer.W[...] = _numpy(t.weight).T
+            _copy(torch, where, "weight", t.weight, layer.W)
             if t.bias is not None:
-                layer.b[...] = _numpy(t.bias)
+                _copy(torch, where, "bias", t.bias, layer.b)
         elif kind in (tnn.ReLU, tnn.Sigmoid, tnn.Tanh, tnn.SiLU):
             layer = getattr(nn, kind.__name__)()
         elif kind is tnn.LeakyReLU:
@@ -147,21 +175,22 @@ def from_torch(module, backend=None, fuse=True):
                                 f"and a numeric momentum is supported")
             dt = _dtype(torch, where, t.weight)
             layer = nn.BatchNorm(t.num_features, eps=t.eps, momentum=t.momentum, dtype=dt)
-            layer.gamma[...] = _numpy(t.weight)
-            layer.beta[...] = _numpy(t.bias)
-            layer.running_mean[...] = _numpy(t.running_mean)
-            layer.running_var[...] = _numpy(t.running_var)
+            _copy(torch, where, "weight", t.weight, layer.gamma)
+            _copy(torch, where, "bias", t.bias, layer.beta)
+            _copy(torch, where, "running_mean", t.running_mean, layer.running_mean)
+            _copy(torch, where, "running_var", t.running_var, layer.running_var)
         elif kind is tnn.LayerNorm:
             if len(t.normalized_shape) != 1:
                 raise TypeError(f"from_torch: {where}: only LayerNorm over the last axis "
                                 f"(one normalized dimension) is supported")
             dim = t.normalized_shape[0]
-            dt = np.float32 if t.weight is None else _dtype(torch, where, t.weight)
-            layer = nn.LayerNorm(dim, eps=t.eps, dtype=dt)
+            # without affine the layer has no tensor: take the module's dtype, or it could not run
+            src = t.weight if t.weight is not None else torch.empty(0, dtype=_module_dtype(torch, where, module))
+            layer = nn.LayerNorm(dim, eps=t.eps, dtype=_dtype(torch, where, src))
             if t.weight is not None:
-                layer.gamma[...] = _numpy(t.weight)
+                _copy(torch, where, "weight", t.weight, layer.gamma)
             if getattr(t, "bias", None) is not None:
-                layer.beta[...] = _numpy(t.bias)
+                _copy(torch, where, "bias", t.bias, layer.beta)
         elif kind is tnn.Dropout:
             layer = nn.Dropout(t.p)
         else:

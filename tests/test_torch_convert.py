@@ -167,3 +167,95 @@ def test_refusals_name_the_layer():
         fastnn.to_torch(nn.Sequential([nn.ReLU(), Custom()]))
     with pytest.raises(TypeError, match="fastnn Sequential, got Linear"):
         fastnn.to_torch(nn.Linear(4, 4))
+
+
+def _fastnn_bad_params():
+    """(model, error type, message): arrays fastnn's layer path refuses; copy_ would broadcast or cast them."""
+    def lin():
+        return nn.Sequential([nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)])
+    cases = []
+    m = lin()
+    m[0].W = nn.Parameter(np.zeros((5, 1), np.float32))
+    cases.append((m, ValueError, r"layer 0 \(Linear\(5, 4\)\): W must have shape \(5, 4\)"))
+    m = lin()
+    m[0].W = nn.Parameter(np.zeros((5, 7), np.float32))
+    cases.append((m, ValueError, r"layer 0 .*W must have shape \(5, 4\)"))
+    m = lin()
+    m[0].b = nn.Parameter(np.zeros(1, np.float32))
+    cases.append((m, ValueError, r"layer 0 .*b must have shape \(4,\)"))
+    m = lin()
+    m[0].b = nn.Parameter(np.zeros(4, np.float64))
+    cases.append((m, TypeError, r"layer 0 .*b has dtype float64"))
+    m = nn.Sequential([nn.Linear(5, 4), nn.BatchNorm(4)])
+    m[1].running_var = np.ones(1, np.float32)
+    cases.append((m, ValueError, r"layer 1 \(BatchNorm.*running_var must have shape \(4,\)"))
+    m = nn.Sequential([nn.Linear(5, 4), nn.BatchNorm(4)])
+    m[1].running_mean = np.zeros(4, np.float64)
+    cases.append((m, TypeError, r"layer 1 \(BatchNorm.*running_mean .*dtype float64"))
+    m = nn.Sequential([nn.Linear(5, 4), nn.LayerNorm(4)])
+    m[1].gamma = nn.Parameter(np.ones(1, np.float32))
+    cases.append((m, ValueError, r"layer 1 \(LayerNorm.*gamma must have shape \(4,\)"))
+    m = nn.Sequential([nn.Linear(5, 4), nn.LayerNorm(4)])
+    m[1].beta = nn.Parameter(np.zeros(4, np.float64))
+    cases.append((m, TypeError, r"layer 1 \(LayerNorm.*beta .*dtype float64"))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_fastnn_bad_params())))
+def test_to_torch_refuses_what_the_layer_path_refuses(case):
+    model, exc, msg = _fastnn_bad_params()[case]
+    with pytest.raises(exc, match="to_torch: " + msg):
+        fastnn.to_torch(model)
+
+
+def _torch_bad_tensors():
+    """(module, error type, message): tensors that assigning into fastnn's arrays would broadcast or cast."""
+    def lin(**replace):
+        t = tnn.Linear(5, 4)
+        for k, v in replace.items():
+            setattr(t, k, tnn.Parameter(v))
+        return tnn.Sequential(tnn.ReLU(), t)
+    where = r"layer 1 \(Linear\(in_features=5, out_features=4, bias=True\)\): "
+    cases = [
+        (lin(weight=torch.randn(4, 1)), ValueError, where + r"weight has shape \(4, 1\), expected \(4, 5\)"),
+        (lin(weight=torch.randn(1, 5)), ValueError, where + r"weight has shape \(1, 5\), expected \(4, 5\)"),
+        (lin(weight=torch.randn(3, 3)), ValueError, where + r"weight has shape \(3, 3\), expected \(4, 5\)"),
+        (lin(bias=torch.randn(1)), ValueError, where + r"bias has shape \(1,\), expected \(4,\)"),
+        (lin(bias=torch.randn(4, dtype=torch.float64)), TypeError, where + "bias has dtype torch.float64"),
+    ]
+    for name, shape, dtype, exc, msg in [
+            ("running_var", 1, torch.float32, ValueError, r"running_var has shape \(1,\), expected \(4,\)"),
+            ("running_mean", 1, torch.float32, ValueError, r"running_mean has shape \(1,\), expected \(4,\)"),
+            ("running_var", 4, torch.float64, TypeError, "running_var has dtype torch.float64")]:
+        bn = tnn.BatchNorm1d(4)
+        setattr(bn, name, torch.ones(shape, dtype=dtype))
+        cases.append((tnn.Sequential(bn), exc, r"layer 0 \(BatchNorm1d.*\): " + msg))
+    ln = tnn.LayerNorm(4)
+    ln.weight = tnn.Parameter(torch.ones(1))
+    cases.append((tnn.Sequential(ln), ValueError, r"layer 0 \(LayerNorm.*\): weight has shape \(1,\), expected \(4,\)"))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_torch_bad_tensors())))
+def test_from_torch_refuses_tensors_of_the_wrong_shape_or_dtype(case):
+    module, exc, msg = _torch_bad_tensors()[case]
+    with pytest.raises(exc, match="from_torch: " + msg):
+        fastnn.from_torch(module)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_from_torch_layernorm_without_affine_keeps_the_models_dtype(dtype):
+    torch.manual_seed(0)
+    t = tnn.Sequential(tnn.Linear(5, 4), tnn.LayerNorm(4, elementwise_affine=False), tnn.Linear(4, 3)).to(dtype)
+    model = fastnn.from_torch(t).eval()
+    npdt = np.float32 if dtype == torch.float32 else np.float64
+    assert model[1].gamma.dtype == npdt and model[1].beta.dtype == npdt
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(npdt)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.forward(x), t(torch.from_numpy(x)).numpy(), rtol=0,
+                                   atol=1e-5 if npdt == np.float32 else 1e-12)
+    # alone it takes torch's default dtype; in a mixed module it cannot choose and says so
+    assert fastnn.from_torch(tnn.Sequential(tnn.LayerNorm(4, elementwise_affine=False)))[0].gamma.dtype == np.float32
+    mixed = tnn.Sequential(tnn.Linear(5, 4).double(), tnn.LayerNorm(4, elementwise_affine=False), tnn.Linear(4, 3))
+    with pytest.raises(TypeError, match=r"layer 1 \(LayerNorm.*mixes dtypes"):
+        fastnn.from_torch(mixed)
