@@ -37,6 +37,7 @@ Overrides, read at ``import fastnn``: ``FASTNN_THREADING_LAYER`` (e.g.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import sys
 import threading
@@ -378,15 +379,19 @@ def set_num_threads(n: int, blas: bool = True) -> None:
     With ``blas`` (the default) this is a process-wide change that every
     library using NumPy's BLAS sees: it is the user's explicit choice.
     ``blas=False`` changes only fastnn's (numba's) threads.
-    ``FASTNN_NUM_THREADS`` applies this at import.
+    ``FASTNN_NUM_THREADS`` applies this at import. An ``n`` above numba's
+    maximum (``NUMBA_NUM_THREADS``, the CPU count unless set) is capped to
+    it, for BLAS too.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    if not isinstance(blas, (bool, np.bool_)):
+        raise TypeError(f"blas must be True or False, got {blas!r}")
     global PARALLEL_MIN_WORK, STEP_PARALLEL_MIN_WORK
-    n_numba = min(n, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(n_numba)
-    PARALLEL_MIN_WORK = _parallel_min_work(n_numba)
-    STEP_PARALLEL_MIN_WORK = _step_parallel_min_work(n_numba)
+    n = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    PARALLEL_MIN_WORK = _parallel_min_work(n)
+    STEP_PARALLEL_MIN_WORK = _step_parallel_min_work(n)
     if blas:
         from threadpoolctl import threadpool_limits
 

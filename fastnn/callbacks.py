@@ -15,13 +15,37 @@ Setting ``self.stop_training = True`` ends training after the epoch.
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import warnings
 
+import numpy as np
+
+from . import _validate as V
 from . import metrics as _metrics
 
 __all__ = ["Callback", "ModelCheckpoint", "CSVLogger", "Monitor"]
+
+
+def _flag(name, value) -> bool:
+    # bool("no") is True: a string would silently mean the opposite
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_writable(what, path) -> None:
+    """Raise now, naming ``path``, where saving to it would fail after an epoch."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, f"{what} path is a directory", path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"{what} cannot write there: the directory "
+                                f"{folder!r} does not exist", path)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{what} cannot write there: the directory "
+                              f"{folder!r} is not writable", path)
 
 
 class Monitor:
@@ -30,12 +54,14 @@ class Monitor:
     warns and never counts as an improvement."""
 
     def __init__(self, name, mode="auto", min_delta=0.0):
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a history key such as 'val_loss', got {name!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.name = name
         base = name[4:] if name.startswith("val_") else name
         self.maximize = mode == "max" or mode == "auto" and base in _metrics.MAXIMIZE
-        self.min_delta = float(min_delta)
+        self.min_delta = V.real("min_delta", min_delta, lo=0)
         self.best = None
 
     def improved(self, value) -> bool:
@@ -89,14 +115,19 @@ class ModelCheckpoint(Callback):
     def __init__(self, path, monitor="val_loss", mode="auto", save_best_only=True,
                  save_optimizer=True, min_delta=0.0):
         self.path = os.fspath(path)
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be a history key such as 'val_loss', got {monitor!r}")
         self.monitor = Monitor(monitor, mode, min_delta)
-        self.save_best_only = bool(save_best_only)
-        self.save_optimizer = bool(save_optimizer)
+        self.save_best_only = _flag("save_best_only", save_best_only)
+        self.save_optimizer = _flag("save_optimizer", save_optimizer)
         self.best_epoch = None
 
     @property
     def best(self):
         return self.monitor.best
+
+    def on_train_begin(self, logs=None):
+        _check_writable("ModelCheckpoint", self.path)
 
     def on_epoch_end(self, epoch, logs=None):
         from .checkpoint import save
@@ -119,11 +150,16 @@ class CSVLogger(Callback):
 
     def __init__(self, path, separator=",", append=False):
         self.path = os.fspath(path)
+        if not isinstance(separator, str):
+            raise TypeError(f"separator must be a one-character string, got {separator!r}")
+        if len(separator) != 1:
+            raise ValueError(f"separator must be one character, got {separator!r}")
         self.separator = separator
-        self.append = bool(append)
+        self.append = _flag("append", append)
         self._keys = None
 
     def on_train_begin(self, logs=None):
+        _check_writable("CSVLogger", self.path)
         self._keys = None
         if not self.append and os.path.exists(self.path):
             os.remove(self.path)

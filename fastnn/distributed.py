@@ -31,6 +31,7 @@ only when a communicator is used.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import sys
 import time
@@ -76,6 +77,20 @@ def barrier(comm) -> None:
 def share(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     """Rank ``rank``'s contiguous rows ``[a, b)`` of the global rows
     ``[start, stop)``: sizes differ by at most one, earlier ranks first."""
+    for name, v in (("start", start), ("stop", stop), ("rank", rank), ("size", size)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if not 0 <= rank < size:
+        raise ValueError(f"rank must be in [0, {size}), got {rank}")
+    if stop < start:
+        raise ValueError(f"stop ({stop}) must not be less than start ({start})")
+    return _share(int(start), int(stop), int(rank), int(size))
+
+
+def _share(start, stop, rank, size):
+    """:func:`share` without the checks, for the training step (the caller's values are valid)."""
     n = stop - start
     return start + rank * n // size, start + (rank + 1) * n // size
 
@@ -328,7 +343,7 @@ class DataParallel:
     def share(self, start: int, stop: int) -> tuple[int, int]:
         """This rank's rows of the global batch ``[start, stop)``; sets the
         Dropout row offsets and the gradient weight for this step."""
-        a, b = share(start, stop, self.rank, self.size)
+        a, b = _share(start, stop, self.rank, self.size)
         for d in self.dropouts:
             d.row_offset = a - start
         self.weight = (b - a) / (stop - start)
@@ -345,7 +360,7 @@ class DataParallel:
         """``evaluate(X_share, y_share)`` (a dict of means, keyed by ``names``)
         over the whole of (X, y), each rank taking its share of the rows; the
         same row-weighted means on every rank."""
-        a, b = share(0, len(X), self.rank, self.size)
+        a, b = _share(0, len(X), self.rank, self.size)
         local = evaluate(X[a:b], y[a:b]) if b > a else dict.fromkeys(names, 0.0)
         totals = self.sum(*[local[k] * (b - a) for k in names])
         return {k: t / len(X) for k, t in zip(names, totals)}
@@ -391,6 +406,7 @@ def abort_on_error(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, comm=None, **kwargs):
+        _check_comm(comm)
         if _size(comm) <= 1:
             return fn(*args, comm=comm, **kwargs)
         try:

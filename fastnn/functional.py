@@ -98,11 +98,18 @@ _finite_maybe = _FiniteFlag.default
 _finite_blocks = 0
 
 
+def _flag(enabled) -> bool:
+    # bool("false") is True: a string would turn the checks on
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"enabled must be True or False, got {enabled!r}")
+    return bool(enabled)
+
+
 def set_check_finite(enabled: bool) -> None:
     """Opt-in debug mode: every op checks its inputs and outputs for NaN/Inf
     and raises ``FloatingPointError`` naming the op and the array."""
     global _finite_maybe
-    _FiniteFlag.default = bool(enabled)
+    _FiniteFlag.default = _flag(enabled)
     _finite_maybe = _FiniteFlag.default or _finite_blocks > 0
 
 
@@ -110,8 +117,9 @@ def set_check_finite(enabled: bool) -> None:
 def check_finite(enabled: bool = True):
     """``set_check_finite`` for a block, in this thread only."""
     global _finite_maybe, _finite_blocks
+    enabled = _flag(enabled)
     prev = _check_finite.override
-    _check_finite.override = bool(enabled)
+    _check_finite.override = enabled
     with _finite_lock:
         _finite_blocks += 1
         _finite_maybe = True

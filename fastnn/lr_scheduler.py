@@ -7,12 +7,21 @@ or pass it to ``fit(..., scheduler=...)``, which does that. A schedule sets
 parameter groups: its ``lr``); the starting rates are the groups' rates when
 the schedule is built. ``get_last_lr()`` lists the current rates;
 ``state_dict()``/``load_state_dict()`` save and restore the schedule.
+
+A group added to the optimizer later (``add_param_group``) is scheduled too,
+from the next ``step()`` on: its rate at that point is its base rate, and
+the schedule starts for it at the epoch it joined (StepLR decays it every
+``step_size`` epochs from then; a cosine runs its whole course from then;
+ReduceLROnPlateau reduces it with the others). PyTorch leaves such a group
+unscheduled (or fails) in most schedules.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import types
 import warnings
 
 import numpy as np
@@ -61,21 +70,48 @@ def _number(name, value, lo=None, lo_open=False, hi=None, integer=False):
     return int(value) if integer else float(value)
 
 
+def _lr_list(name, value, n):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)):
+        raise TypeError(f"state[{name!r}] must be a list of learning rates, got {type(value).__name__}")
+    if len(value) != n:
+        raise ValueError(f"state[{name!r}] has {len(value)} rates; this optimizer has {n} param groups")
+    return [_number(f"state[{name!r}][{i}]", v, lo=0) for i, v in enumerate(value)]
+
+
 class LRScheduler:
-    """Base class: ``lr_at(epoch)`` gives each group's rate after ``epoch`` steps."""
+    """Base class: ``_lr(base, t)`` gives one group's rate ``t`` steps after
+    it joined (``lr_at(epoch)``: every group's rate after ``epoch`` steps).
+    ``starts[i]``: the epoch group ``i`` joined (0 unless added later)."""
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
         self.base_lrs = [float(g["lr"]) for g in _groups(optimizer)]
+        self.starts = [0] * len(self.base_lrs)
         self.last_epoch = 0
         self._last_lr = list(self.base_lrs)
 
-    def lr_at(self, epoch):  # pragma: no cover - abstract
+    def _lr(self, base, t):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def lr_at(self, epoch):
+        return [self._lr(b, epoch - s) for b, s in zip(self.base_lrs, self.starts)]
+
+    def _adopt_new_groups(self):
+        """Schedule groups added to the optimizer since the last step, from their current rate."""
+        groups = _groups(self.optimizer)
+        for g in groups[len(self.base_lrs):]:
+            self.base_lrs.append(float(g["lr"]))
+            self.starts.append(self.last_epoch)
+            self._last_lr.append(float(g["lr"]))
+        return groups
+
     def step(self):
+        groups = self._adopt_new_groups()
+        lrs = self.lr_at(self.last_epoch + 1)  # may raise: then the rates and the epoch are unchanged
+        if len(lrs) != len(groups):
+            raise ValueError(f"{type(self).__name__}.lr_at gave {len(lrs)} rates for {len(groups)} param groups")
         self.last_epoch += 1
-        self._set(self.lr_at(self.last_epoch))
+        self._set(lrs)
 
     def _set(self, lrs):
         for g, lr in zip(_groups(self.optimizer), lrs):
@@ -89,8 +125,40 @@ class LRScheduler:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()`` of the same kind of schedule; every value
+        is checked (as the constructor checks it) before anything changes."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        state = dict(state)
+        if "starts" not in state and isinstance(state.get("base_lrs"), (list, tuple)):
+            state["starts"] = [0] * len(state["base_lrs"])  # a state saved before groups could join later
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"state is not a {type(self).__name__} state: missing keys {missing}, "
+                             f"unexpected keys {unexpected}")
+        self._check_state(state)
+        for k, v in state.items():
+            if isinstance(v, (list, tuple, np.ndarray)):
+                state[k] = list(v)  # not shared with the given state
         self.__dict__.update(state)
         self._set(self._last_lr)
+
+    def _check_state(self, state):
+        # The hyperparameters through the constructor's own checks, on a stand-in optimizer.
+        args = [p for p in inspect.signature(type(self).__init__).parameters.values()
+                if p.name not in ("self", "optimizer")]
+        if all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name in state for p in args):
+            type(self)(types.SimpleNamespace(lr=1.0), **{p.name: state[p.name] for p in args})
+        last = _number("state['last_epoch']", state["last_epoch"], lo=0, integer=True)
+        n = len(_groups(self.optimizer))
+        _lr_list("base_lrs", state["base_lrs"], n)
+        _lr_list("_last_lr", state["_last_lr"], n)
+        starts = state["starts"]
+        if not isinstance(starts, (list, tuple)) or len(starts) != n:
+            raise ValueError(f"state['starts'] must list the epoch each of the {n} param groups joined")
+        for i, v in enumerate(starts):
+            _number(f"state['starts'][{i}]", v, lo=0, hi=last, integer=True)
 
 
 class StepLR(LRScheduler):
@@ -101,8 +169,15 @@ class StepLR(LRScheduler):
         self.gamma = _number("gamma", gamma, lo=0, lo_open=True)
         super().__init__(optimizer)
 
-    def lr_at(self, epoch):
-        return [b * self.gamma ** (epoch // self.step_size) for b in self.base_lrs]
+    def _lr(self, base, t):
+        try:
+            lr = base * self.gamma ** (t // self.step_size)
+        except OverflowError:
+            lr = math.inf
+        if not math.isfinite(lr):
+            raise ValueError(f"StepLR with gamma={self.gamma} takes the rate {base} past the float range "
+                             f"after {t} epochs; use a gamma nearer 1 or fewer epochs")
+        return lr
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -127,14 +202,12 @@ class CosineAnnealingLR(LRScheduler):
         if self.warmup_epochs:
             self._set(self.lr_at(0))
 
-    def lr_at(self, epoch):
+    def _lr(self, base, epoch):
         w = self.warmup_epochs
         if epoch < w:
-            f = self.warmup_start_factor + (1 - self.warmup_start_factor) * epoch / w
-            return [b * f for b in self.base_lrs]
+            return base * (self.warmup_start_factor + (1 - self.warmup_start_factor) * epoch / w)
         t = min(epoch - w, self.T_max - w) / (self.T_max - w)
-        c = (1 + math.cos(math.pi * t)) / 2
-        return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
+        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * t)) / 2
 
 
 class ReduceLROnPlateau(LRScheduler):
@@ -179,6 +252,13 @@ class ReduceLROnPlateau(LRScheduler):
     def lr_at(self, epoch):
         return self.get_last_lr()
 
+    def _check_state(self, state):
+        super()._check_state(state)
+        if state["best"] is not None:
+            _number("state['best']", state["best"])
+        for k in ("num_bad_epochs", "cooldown_counter"):
+            _number(f"state[{k!r}]", state[k], lo=0, integer=True)
+
     def step(self, metric):
         if isinstance(metric, (str, bytes, bool, np.bool_)) or metric is None:
             raise TypeError(f"metric must be a number, got {type(metric).__name__}")
@@ -186,6 +266,7 @@ class ReduceLROnPlateau(LRScheduler):
             metric = float(metric)
         except (TypeError, ValueError):
             raise TypeError(f"metric must be a number, got {type(metric).__name__}") from None
+        self._adopt_new_groups()
         self.last_epoch += 1
         if not math.isfinite(metric):
             warnings.warn(f"ReduceLROnPlateau got {metric}: counted as no improvement",

@@ -999,6 +999,9 @@ class Sequential(Module):
                 return self._blocks
         if len(set(key[1])) != len(key[1]):  # also after self.layers was changed in place
             raise ValueError("a module instance may appear only once in a Sequential")
+        for i, layer in enumerate(self.layers):  # as the constructor: also for layers appended later
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}] must be a fastnn Module, got {type(layer).__name__}")
         layers, blocks, i = self.layers, [], 0
         while i < len(layers):
             layer = layers[i]

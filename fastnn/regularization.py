@@ -50,15 +50,28 @@ def _param_list(params, name="params"):
     return out
 
 
+def _check_grad(i, p, g):
+    """A gradient these helpers can change in place: as the optimizers check it
+    (an integer one would be truncated, a broadcast one filled wrongly)."""
+    if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:
+        raise ValueError(f"params[{i}].grad must be an array of the parameter's shape {p.shape} "
+                         f"and dtype {p.dtype}, got "
+                         + (type(g).__name__ if not isinstance(g, np.ndarray)
+                            else f"shape {g.shape}, dtype {g.dtype}"))
+    if g.dtype.kind != "f":
+        raise TypeError(f"params[{i}].grad must be a float array, got dtype {g.dtype}")
+    if not g.flags.writeable:
+        raise ValueError(f"params[{i}].grad is read-only; it is changed in place")
+    return g
+
+
 def _grads(params):
     out = []
     for i, p in enumerate(_param_list(params)):
         g = getattr(p, "grad", None)
         if g is None:
             continue  # no gradient: nothing to clip (as PyTorch)
-        if not isinstance(g, np.ndarray) or g.shape != p.shape:
-            raise ValueError(f"params[{i}].grad must be an array of shape {p.shape}")
-        out.append(g)
+        out.append(_check_grad(i, p, g))
     return out
 
 
@@ -87,10 +100,14 @@ def add_l2_grad(params, lambda_) -> None:
     lam = V.real("lambda_", lambda_, lo=0)
     if lam == 0:
         return
-    for i, p in enumerate(_param_list(params)):
+    params = _param_list(params)
+    grads = []
+    for i, p in enumerate(params):  # all checked before any is changed
         g = getattr(p, "grad", None)
         if g is None:
             raise ValueError(f"params[{i}] has no .grad")
+        grads.append(_check_grad(i, p, g))
+    for p, g in zip(params, grads):
         a = p.view(np.ndarray)
         g += a.dtype.type(lam) * a
 

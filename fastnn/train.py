@@ -37,6 +37,7 @@ from . import _step
 from . import _validate as V
 from . import callbacks as _cb
 from . import distributed as _distributed
+from . import functional as F
 from . import init as _init
 from . import lr_scheduler as _lrs
 from . import metrics as _metrics
@@ -231,6 +232,7 @@ class EarlyStopping:
     def __post_init__(self):
         self.patience = _count("patience", self.patience, positive=False)
         self.min_delta = V.real("min_delta", self.min_delta, lo=0)
+        self.restore_best_weights = _cb._flag("restore_best_weights", self.restore_best_weights)
         if self.monitor is not None and not isinstance(self.monitor, str):
             raise TypeError(f"monitor must be a history key such as 'val_loss', got {self.monitor!r}")
         if self.mode not in ("auto", "min", "max"):
@@ -868,8 +870,9 @@ def overfit_single_batch(model, loss_fn, X, y, steps=100, lr=1e-2, optimizer=Non
     ``steps`` steps; the returned loss (on that batch, eval mode, after
     training) should be near 0. If it is not, forward or backward has a bug.
 
-    Uses ``Adam(lr)`` unless an ``optimizer`` is given. Trains ``model`` in
-    place (use a fresh one); restores its train/eval mode.
+    Uses ``Adam(lr)`` unless an ``optimizer`` is given (checked as in
+    :func:`fit`: it must update this model's parameters). Trains ``model``
+    in place (use a fresh one); restores its train/eval mode.
     """
     from .optim import Adam
 
@@ -879,6 +882,8 @@ def overfit_single_batch(model, loss_fn, X, y, steps=100, lr=1e-2, optimizer=Non
     X, y = _data(X, y, model)
     if optimizer is None:
         optimizer = Adam(model.parameters(), lr=lr)
+    else:
+        _check_optimizer(model, optimizer)
     back_kw = _backward_kwargs(model)
     with _mode(model, True):
         for step in range(steps):
@@ -923,14 +928,33 @@ def gradcheck(module, x, y=None, loss_fn=None, *, eps=1e-5, max_checks=20, floor
     (``32 * 2.2e-16 * |f| / eps``) count as zero.
     Below 1e-7 is right; around 1e-4 can come from a ReLU kink being
     crossed; 1e-2 and above is a bug.
+
+    ``training=False`` checks the eval-mode forward and backward (a
+    Sequential runs its layer path for it: its eval fast path keeps nothing
+    for a backward). A model with BatchNorm is refused there: BatchNorm has
+    a backward in training mode only.
     """
     _check_model(module, "module")
     eps = V.real("eps", eps, lo=0, lo_open=True)
     floor = V.real("floor", floor, lo=0, lo_open=True)
     if max_checks is not None:
         max_checks = _count("max_checks", max_checks)
+    seed = _count("seed", seed, positive=False)
+    training = bool(training)
+    if not training:
+        bn = [type(mod).__name__ for mod in module.modules() if isinstance(mod, nn.BatchNorm)]
+        if bn:
+            raise ValueError(f"gradcheck(training=False) cannot check a model with {bn[0]}: it has a "
+                             f"backward in training mode only; use training=True")
+        # Check mode makes Sequential run the layer path, whose eval forward keeps what backward needs.
+        with F.check_finite(True):
+            return _gradcheck(module, x, y, loss_fn, eps, max_checks, floor, seed, training)
+    return _gradcheck(module, x, y, loss_fn, eps, max_checks, floor, seed, training)
+
+
+def _gradcheck(module, x, y, loss_fn, eps, max_checks, floor, seed, training):
     m = _float64_copy(module)
-    m.train(bool(training))
+    m.train(training)
     x = np.array(V.float_array("x", x), dtype=np.float64, order="C")
     if loss_fn is not None:
         _check_loss(loss_fn)
