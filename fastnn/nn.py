@@ -11,9 +11,10 @@ Gradient semantics: ``backward`` **overwrites** each parameter's gradient
 got no backward since. A module instance may therefore appear only once in
 a model (its forward cache holds one input).
 
-Arrays returned by ``forward``/``backward`` are fresh arrays; the module keeps
-a reference to what its backward needs, so do not modify them in place
-before calling ``backward``.
+Arrays returned by ``forward``/``backward`` are fresh arrays, except where a
+module is the identity (Dropout in eval mode or with p = 0 returns its input,
+as ``F.dropout`` and PyTorch do); the module keeps a reference to what its
+backward needs, so do not modify them in place before calling ``backward``.
 """
 
 from __future__ import annotations
@@ -237,8 +238,19 @@ class Module:
             yield from child.named_buffers(f"{prefix}{i}.")
 
     def zero_grad(self) -> None:
-        for p in self.parameters():
-            p.grad.fill(0)
+        """Every parameter's gradient set to zero in place; a gradient set to
+        None gets a fresh zero array (kernels write into it)."""
+        for name, p in self.named_parameters():
+            g = p.grad
+            if g is None:
+                p.grad = zeros_at_same_page_offset(p)
+            elif isinstance(g, np.ndarray) and g.shape == p.shape and g.dtype == p.dtype:
+                g.fill(0)
+            else:
+                raise ValueError(f"{name}.grad must be an array of the parameter's shape {p.shape} and "
+                                 f"dtype {p.dtype} (or None), got "
+                                 + (type(g).__name__ if not isinstance(g, np.ndarray)
+                                    else f"shape {g.shape}, dtype {g.dtype}"))
 
     def train(self, mode: bool = True):
         self.training = bool(mode)

@@ -351,8 +351,9 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         """Set every parameter's gradient to zero (in place)."""
-        for p in self.params:
+        for i, p in enumerate(self.params):
             if p.grad is not None:
+                _check_grad(f"params[{i}]", p)
                 p.grad.fill(0)
 
     def step(self) -> None:

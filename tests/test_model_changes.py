@@ -369,3 +369,19 @@ def test_a_negative_dropout_step_in_a_state_dict_is_refused():
     with pytest.raises(ValueError, match=r"1\.step.*non-negative"):
         m.load_state_dict(state)
     assert m.layers[1].step == 0
+
+
+def test_zero_grad_restores_a_gradient_set_to_none_and_names_a_bad_one():
+    lin = nn.Linear(3, 2)
+    lin.W.grad[...] = 1.0
+    lin.b.grad = None
+    lin.zero_grad()
+    assert isinstance(lin.b.grad, np.ndarray) and lin.b.grad.shape == (2,)
+    np.testing.assert_array_equal(lin.W.grad, 0)
+    np.testing.assert_array_equal(lin.b.grad, 0)
+    opt = optim.SGD(lin.parameters(), lr=0.1)
+    lin.W.grad = [0.0]
+    with pytest.raises(ValueError, match=r"W\.grad must be an array"):
+        lin.zero_grad()
+    with pytest.raises(ValueError, match=r"params\[0\]\.grad must be an array"):
+        opt.zero_grad()
