@@ -61,15 +61,21 @@ def eval_forward(model, x):
         steps = _steps(model, blocks)
         if not steps or steps[0][0] == "module":
             return None
-        cache = model._eval_cache = (blocks, steps, {})
-    _, steps, buffers = cache
+        from .nn import _FRESH_ARRAYS
+
+        # a product's output goes into a buffer reused at the next call only when a later
+        # step makes a fresh array (a module after it may return its input or a view)
+        fresh = [s[0] != "module" or type(s[1]) in _FRESH_ARRAYS for s in steps]
+        reuse = [any(fresh[k + 1:]) for k in range(len(steps))]
+        cache = model._eval_cache = (blocks, steps, {}, reuse)
+    _, steps, buffers, reuse = cache
     first = steps[0][1]
     dt = steps[0][2].dtype  # W as checked
     if not (type(x) is np.ndarray and x.dtype == dt and x.ndim == 2
             and x.shape[1] == first.in_features and x.shape[0] > 0):
         return None
     object.__setattr__(model, "_ran", None)  # nothing saved: a backward must not use an older forward's state
-    n, last, x0 = x.shape[0], len(steps) - 1, x
+    n, x0 = x.shape[0], x
     for k, step in enumerate(steps):
         kind, layer = step[0], step[1]
         if kind == "module":
@@ -81,8 +87,8 @@ def eval_forward(model, x):
             return eval_forward(model, x0)
         if x.shape[1] != layer.in_features:  # widths that do not chain: the layer path's error
             raise ValueError(f"x must have shape (N, {layer.in_features}) for {layer!r}, got {x.shape}")
-        if k == last:
-            y = np.empty((n, layer.out_features), dt)  # leaves the model: a fresh array
+        if not reuse[k]:
+            y = np.empty((n, layer.out_features), dt)  # may leave the model: a fresh array
         else:
             y = buffers.get((k, n))
             if y is None or y.dtype != dt:

@@ -77,6 +77,14 @@ class Parameter(np.ndarray):
         return "Parameter(" + repr(np.asarray(self))[6:]
 
 
+def overrides(module, base, names=("forward", "backward")) -> bool:
+    """True when ``module``'s class replaces one of ``base``'s methods: its
+    own code must run, so fused and compiled paths (which compute ``base``'s
+    op from its arrays) must not stand in for it."""
+    cls = type(module)
+    return any(getattr(cls, n, None) is not getattr(base, n, None) for n in names)
+
+
 _PLAIN_TYPES = frozenset({np.ndarray, type(None), tuple, int, float, bool, str, dict})
 # Sets an internal cache attribute without Module's registration (a list of
 # modules assigned as usual would become a submodule list).
@@ -899,6 +907,13 @@ class _LinearActBlock:
         return dx
 
 
+# What a fused block stands in for (exact types), and the built-in modules
+# whose forward and backward always return fresh arrays (Dropout in eval mode
+# returns its input).
+_FUSED_ACTIVATIONS = frozenset({ReLU, LeakyReLU, Sigmoid, Tanh, GELU, SiLU})
+_FRESH_ARRAYS = frozenset({Linear, BatchNorm, LayerNorm}) | _FUSED_ACTIVATIONS
+
+
 class Sequential(Module):
     """Layers applied in order; ``backward`` runs them in reverse.
 
@@ -1017,11 +1032,12 @@ class Sequential(Module):
         layers, blocks, i = self.layers, [], 0
         while i < len(layers):
             layer = layers[i]
-            if self.fuse and isinstance(layer, Linear) and layer.b is not None:
+            # exact types only: a subclass's own forward/backward must run
+            if self.fuse and type(layer) is Linear and layer.b is not None:
                 j, act, drop = i + 1, None, None
-                if j < len(layers) and isinstance(layers[j], _Activation):
+                if j < len(layers) and type(layers[j]) in _FUSED_ACTIVATIONS:
                     act, j = layers[j], j + 1
-                if j < len(layers) and isinstance(layers[j], Dropout):
+                if j < len(layers) and type(layers[j]) is Dropout:
                     drop, j = layers[j], j + 1
                 if act is not None or drop is not None:
                     blocks.append(_LinearActBlock(layer, act, drop))
@@ -1031,6 +1047,12 @@ class Sequential(Module):
             i += 1
         self._blocks, self._block_key = blocks, key
         self._fused = tuple(blk.linear for blk in blocks if isinstance(blk, _LinearActBlock))
+        # A fused block writes into a buffer it reuses at the next call unless its result
+        # could reach the caller: only when a later block (earlier, for dx) makes a fresh
+        # array can nothing after it (a module returning its input, a view) hand it out.
+        fresh = [isinstance(blk, _LinearActBlock) or type(blk) in _FRESH_ARRAYS for blk in blocks]
+        self._reuse_out = [any(fresh[k + 1:]) for k in range(len(blocks))]
+        self._reuse_dx = [any(fresh[:k]) for k in range(len(blocks))]
         return blocks
 
     def forward(self, x, training=None):
@@ -1049,11 +1071,10 @@ class Sequential(Module):
                 _set_cache(self, "_ran", _step.PROGRAM_RAN)
                 return y
         blocks = self._plan()
-        last = len(blocks) - 1
-        backend = self._backend
+        backend, reuse = self._backend, self._reuse_out
         for k, block in enumerate(blocks):
             if isinstance(block, _LinearActBlock):
-                x = block.forward(x, training, backend, reuse_out=k != last)
+                x = block.forward(x, training, backend, reuse_out=reuse[k])
             else:
                 x = block.forward(x, training=training)
         _set_cache(self, "_ran", blocks)  # a cache, not a submodule list
@@ -1083,12 +1104,12 @@ class Sequential(Module):
             if not (dout.flags.c_contiguous and dout.flags.writeable and dout.flags.aligned):
                 dout = np.array(dout, order="C")
             return prog.module_backward(dout, bool(need_input_grad))
-        backend = self._backend
+        backend, reuse = self._backend, self._reuse_dx
         for k in range(len(blocks) - 1, -1, -1):
             block = blocks[k]
             if isinstance(block, _LinearActBlock):
                 dout = block.backward(dout, need_dx=k > 0 or need_input_grad, backend=backend,
-                                      reuse_dx=k > 0)
+                                      reuse_dx=reuse[k])
             elif k == 0 and isinstance(block, Linear):
                 return block.backward(dout, need_dx=need_input_grad)
             else:

@@ -301,7 +301,9 @@ class Optimizer:
         seen = set()
         for i, p in enumerate(plist):
             if id(p) in seen:
-                raise ValueError(f"{params_name}[{i}] appears more than once in params")
+                raise ValueError(f"{params_name}[{i}] appears more than once in params (one Parameter "
+                                 f"in two places, e.g. weights shared by two modules: not supported, "
+                                 f"each module's backward overwrites the gradient)")
             if id(p) in owner:
                 raise ValueError(f"{params_name}[{i}] is already in param_groups[{owner[id(p)]}]: "
                                  f"a parameter may be in one group only")

@@ -129,10 +129,11 @@ def _data(X, y, model, what="X", y_name="y"):
 
 
 def _backward_kwargs(model):
-    """Skip the first layer's input gradient where the model allows it."""
-    if isinstance(model, nn.Sequential):
+    """Skip the first layer's input gradient where the model allows it (not
+    for a subclass with a backward of its own: its signature is its own)."""
+    if isinstance(model, nn.Sequential) and not nn.overrides(model, nn.Sequential):
         return {"need_input_grad": False}
-    if isinstance(model, nn.Linear):
+    if isinstance(model, nn.Linear) and not nn.overrides(model, nn.Linear):
         return {"need_dx": False}
     return {}
 
@@ -324,6 +325,12 @@ def _check_optimizer(model, optimizer):
     if opt_params is None:
         return
     named = list(model.named_parameters())
+    first = {}
+    for name, p in named:
+        if id(p) in first:  # backward overwrites .grad: the second use's share would be lost
+            raise ValueError(f"{first[id(p)]!r} and {name!r} are the same Parameter: shared (tied) weights "
+                             f"are not supported, since each module's backward overwrites the gradient")
+        first[id(p)] = name
     mine = {id(p) for _, p in named}
     foreign = [i for i, p in enumerate(opt_params) if id(p) not in mine]
     if foreign:
@@ -682,7 +689,9 @@ class _EpochLoop:
         self.ybuf = np.empty((m,) + y.shape[1:], y.dtype)
         # The compiled step (fastnn/_step.py) where it applies; else layer by layer.
         self.program = None
-        if dp is None and isinstance(model, nn.Sequential) and y.ndim == 1 and y.dtype.kind in "iu":
+        # (not for a subclass with a forward or backward of its own: the program runs the layers)
+        if (dp is None and isinstance(model, nn.Sequential) and not nn.overrides(model, nn.Sequential)
+                and y.ndim == 1 and y.dtype.kind in "iu"):
             program = _step.SequentialProgram.build(model, loss_fn, X)
             if program is not None and program.serial_at(m):
                 self.program = program

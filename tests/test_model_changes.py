@@ -385,3 +385,117 @@ def test_zero_grad_restores_a_gradient_set_to_none_and_names_a_bad_one():
         lin.zero_grad()
     with pytest.raises(ValueError, match=r"params\[0\]\.grad must be an array"):
         opt.zero_grad()
+
+
+# ----------------------------------------------------- modules users write themselves
+
+
+class _Temperature(nn.Sequential):
+    """logits / T: a Sequential subclass with a forward and backward of its own."""
+
+    def forward(self, x, training=None):
+        return super().forward(x, training) / np.float32(10.0)
+
+    def backward(self, dout=None, need_input_grad=True):
+        return super().backward(dout / np.float32(10.0), need_input_grad)
+
+
+def _data_for_fit(n=16):
+    rng = np.random.default_rng(5)
+    return rng.standard_normal((n, 4)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def test_fit_runs_a_sequential_subclass_own_forward_and_backward():
+    X, y = _data_for_fit()
+    fastnn.manual_seed(0)
+    m1 = _Temperature([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)])
+    fastnn.manual_seed(0)
+    m2 = _Temperature([nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)])
+    h = fastnn.fit(m1, nn.SoftmaxCrossEntropy(), optim.SGD(m1.parameters(), lr=0.1), X, y, epochs=1,
+                   batch_size=8, shuffle=False, progress=False)
+    ce, opt = nn.SoftmaxCrossEntropy(), optim.SGD(m2.parameters(), lr=0.1)
+    losses = []
+    for s in (0, 8):
+        losses.append(ce.forward(m2.forward(X[s:s + 8]), y[s:s + 8]))
+        m2.backward(ce.backward())
+        opt.step()
+    assert h["loss"][0] == pytest.approx(np.mean(losses), rel=1e-5)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
+
+
+class _ReLU6(nn.ReLU):
+    def forward(self, x, training=None):
+        self.x = x
+        return np.clip(x, 0, 6)
+
+    def backward(self, dout):
+        return dout * ((self.x > 0) & (self.x < 6))
+
+
+class _Doubled(nn.Linear):
+    def forward(self, x, training=None):
+        return 2 * super().forward(x, training)
+
+    def backward(self, dout, need_dx=True):
+        return super().backward(2 * dout, need_dx=need_dx)
+
+
+@pytest.mark.parametrize("layers", [
+    lambda: [nn.Linear(4, 5), _ReLU6(), nn.Linear(5, 3)],
+    lambda: [_Doubled(4, 5), nn.ReLU(), nn.Linear(5, 3)],
+], ids=["activation subclass", "linear subclass"])
+@pytest.mark.parametrize("training", [True, False])
+def test_subclasses_of_built_in_modules_run_their_own_code_in_a_sequential(layers, training):
+    x = 10 * np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    fastnn.manual_seed(0)
+    model = nn.Sequential(layers())
+    y = model.forward(x, training=training)
+    ref = x
+    for layer in model.layers:
+        ref = layer.forward(ref, training=training)
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-5)
+
+
+def test_tied_weights_are_refused_with_the_reason():
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.W = a.W
+    model = nn.Sequential([a, nn.Tanh(), b])
+    with pytest.raises(ValueError, match="tied|shared"):
+        optim.SGD(model.parameters(), lr=0.1)
+    unique = list({id(p): p for p in model.parameters()}.values())
+    X, y = _data_for_fit(8)
+    with pytest.raises(ValueError, match=r"'0\.W' and '2\.W' are the same Parameter"):
+        fastnn.fit(model, nn.SoftmaxCrossEntropy(), optim.SGD(unique, lr=0.1), X, y, epochs=1,
+                   progress=False)
+
+
+class _Identity(nn.Module):
+    def forward(self, x, training=None):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_a_sequential_never_returns_a_buffer_it_reuses(training):
+    rng = np.random.default_rng(2)
+    x1, x2 = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    model = nn.Sequential([nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.Tanh(), _Identity()])
+    o1 = model.forward(x1, training=training)
+    keep = o1.copy()
+    model.forward(x2, training=training)
+    np.testing.assert_array_equal(o1, keep)
+
+
+def test_a_sequential_never_returns_an_input_gradient_buffer_it_reuses():
+    rng = np.random.default_rng(3)
+    model = nn.Sequential([_Identity(), nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4)])
+    x, dy = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 4)).astype(np.float32)
+    model.forward(x)
+    d1 = model.backward(dy)
+    keep = d1.copy()
+    model.forward(x)
+    model.backward(2 * dy)
+    np.testing.assert_array_equal(d1, keep)
