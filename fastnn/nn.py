@@ -91,6 +91,17 @@ _PLAIN_TYPES = frozenset({np.ndarray, type(None), tuple, int, float, bool, str, 
 _set_cache = object.__setattr__
 
 
+def _refuse_unregistered(module, name, value) -> None:
+    """Parameters or modules inside a tuple, dict or mixed list would not be
+    registered: not trained, saved or switched to eval mode. Refuse them."""
+    items = value.values() if isinstance(value, dict) else value
+    if any(isinstance(v, (Parameter, Module)) for v in items):
+        raise TypeError(
+            f"{type(module).__name__}.{name}: a {type(value).__name__} holding Parameters or modules would "
+            f"not be registered (not trained, saved or put in eval mode); assign each Parameter or module "
+            f"as an attribute of its own, or hold modules in a list of modules only")
+
+
 def _module_list(value: list) -> bool:
     """An empty list (it may be filled with modules later) or a list of modules."""
     return not value or isinstance(value[0], Module)
@@ -150,8 +161,12 @@ class Module:
     def __setattr__(self, name, value, _plain=_PLAIN_TYPES, _set=object.__setattr__):
         # The training step sets caches (arrays, tuples, None, counters): two lookups for those.
         if type(value) in _plain and name not in self.__dict__.get("_registered", ()):
+            if type(value) in (tuple, dict) and name not in self.__dict__:  # first assignment only
+                _refuse_unregistered(self, name, value)
             _set(self, name, value)
             return
+        if type(value) is list and not _module_list(value):
+            _refuse_unregistered(self, name, value)
         d = self.__dict__
         d.setdefault("_registered", set()).add(name)
         if isinstance(value, Parameter):
@@ -1045,8 +1060,9 @@ class Sequential(Module):
                     continue
             blocks.append(layer)
             i += 1
-        self._blocks, self._block_key = blocks, key
-        self._fused = tuple(blk.linear for blk in blocks if isinstance(blk, _LinearActBlock))
+        _set_cache(self, "_blocks", blocks)  # caches, not submodule lists
+        self._block_key = key
+        _set_cache(self, "_fused", tuple(blk.linear for blk in blocks if isinstance(blk, _LinearActBlock)))
         # A fused block writes into a buffer it reuses at the next call unless its result
         # could reach the caller: only when a later block (earlier, for dx) makes a fresh
         # array can nothing after it (a module returning its input, a view) hand it out.

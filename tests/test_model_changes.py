@@ -499,3 +499,33 @@ def test_a_sequential_never_returns_an_input_gradient_buffer_it_reuses():
     model.forward(x)
     model.backward(2 * dy)
     np.testing.assert_array_equal(d1, keep)
+
+
+@pytest.mark.parametrize("value", [
+    lambda: [nn.Parameter(np.ones(4, np.float32)), nn.Parameter(np.zeros(4, np.float32))],
+    lambda: (nn.Parameter(np.ones(4, np.float32)),),
+    lambda: {"w": nn.Parameter(np.ones(4, np.float32))},
+    lambda: (nn.Linear(2, 2),),
+    lambda: {"a": nn.Linear(2, 2)},
+    lambda: [nn.Parameter(np.ones(4, np.float32)), nn.Linear(4, 4)],
+], ids=["list of parameters", "tuple", "dict", "tuple of modules", "dict of modules", "mixed list"])
+def test_containers_that_would_not_be_registered_are_refused(value):
+    class Holder(nn.Module):
+        def __init__(self, v):
+            self.held = v
+
+    with pytest.raises(TypeError, match=r"Holder\.held: .* would not be registered"):
+        Holder(value())
+
+
+def test_lists_of_modules_and_plain_containers_still_work():
+    class Holder(nn.Module):
+        def __init__(self):
+            self.blocks = [nn.Linear(2, 2), nn.ReLU()]
+            self.sizes = (2, 2)
+            self.names = {"a": 1}
+
+    h = Holder()
+    assert len(list(h.parameters())) == 2
+    h.sizes = (3, 3)
+    assert h.sizes == (3, 3)
