@@ -91,6 +91,21 @@ _PLAIN_TYPES = frozenset({np.ndarray, type(None), tuple, int, float, bool, str, 
 _set_cache = object.__setattr__
 
 
+def _checked_real(name, **limits) -> property:
+    """A float hyperparameter checked on assignment (``V.real(name, value,
+    **limits)``), in the constructor and later: the fused and compiled paths
+    pass it to their kernels without the functional ops' checks."""
+    attr = "_" + name
+
+    def get(self) -> float:
+        return getattr(self, attr)
+
+    def set_(self, value) -> None:
+        setattr(self, attr, V.real(name, value, **limits))
+
+    return property(get, set_, doc=f"``{name}``, checked on assignment.")
+
+
 def _refuse_unregistered(module, name, value) -> None:
     """Parameters or modules inside a tuple, dict or mixed list would not be
     registered: not trained, saved or switched to eval mode. Refuse them."""
@@ -509,14 +524,7 @@ class LeakyReLU(_Activation):
         super().__init__()
         self.alpha = alpha
 
-    # Checked on assignment: the fused and compiled paths pass it to kernels as is.
-    @property
-    def alpha(self) -> float:
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value) -> None:
-        self._alpha = V.real("alpha", value)
+    alpha = _checked_real("alpha")
 
     def __repr__(self):
         return f"LeakyReLU(alpha={self.alpha})"
@@ -572,14 +580,7 @@ class Dropout(Module):
         self.mask = None
         self._ran = False  # a forward ran: backward before it is an error, as for other modules
 
-    # Checked on assignment: the fused and compiled paths read it without F.dropout's check.
-    @property
-    def p(self) -> float:
-        return self._p
-
-    @p.setter
-    def p(self, value) -> None:
-        self._p = V.real("p", value, lo=0, hi=1, hi_open=True)
+    p = _checked_real("p", lo=0, hi=1, hi_open=True)
 
     @property
     def seed(self) -> int:
@@ -651,22 +652,8 @@ class BatchNorm(Module):
         self.running_var = np.ones(dim, dtype)
         self._cache = None
 
-    # Checked on assignment: the compiled step passes them to its kernel as they are.
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @eps.setter
-    def eps(self, value) -> None:
-        self._eps = V.real("eps", value, lo=0, lo_open=True)
-
-    @property
-    def momentum(self) -> float:
-        return self._momentum
-
-    @momentum.setter
-    def momentum(self, value) -> None:
-        self._momentum = V.real("momentum", value, lo=0, hi=1)
+    eps = _checked_real("eps", lo=0, lo_open=True)
+    momentum = _checked_real("momentum", lo=0, hi=1)
 
     @property
     def dgamma(self):
@@ -727,14 +714,7 @@ class LayerNorm(Module):
         self.beta = Parameter(np.zeros(dim, dtype))
         self._cache = None
 
-    # Checked on assignment: the compiled step passes it to its kernel as it is.
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @eps.setter
-    def eps(self, value) -> None:
-        self._eps = V.real("eps", value, lo=0, lo_open=True)
+    eps = _checked_real("eps", lo=0, lo_open=True)
 
     @property
     def dgamma(self):
