@@ -618,7 +618,8 @@ class Dropout(Module):
         return y
 
     def backward(self, dout):
-        self._need(self.__dict__.get("_ran") or None)
+        if not self.__dict__.get("_ran"):  # (mask None is also eval mode's: it cannot tell)
+            self._need(None)
         return F.dropout_backward(dout, self.mask, self.p, backend=self._backend)
 
     def __repr__(self):
