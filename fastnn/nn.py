@@ -187,6 +187,7 @@ class Module:
         if isinstance(value, Parameter):
             d.setdefault("_parameters", {})[name] = value
             d.get("_modules", {}).pop(name, None)
+            d.get("_buffers", {}).pop(name, None)  # else state_dict would save the old buffer
         elif isinstance(value, Module) or type(value) is list and _module_list(value):
             d.setdefault("_modules", {})[name] = value
             d.get("_parameters", {}).pop(name, None)
@@ -217,6 +218,7 @@ class Module:
         if not isinstance(array, np.ndarray):
             raise TypeError(f"buffer {name!r} must be a numpy array, got {type(array).__name__}")
         self.__dict__.setdefault("_buffers", {})[name] = array
+        self.__dict__.get("_parameters", {}).pop(name, None)  # one name, one role
         self.__dict__.setdefault("_registered", set()).add(name)
         object.__setattr__(self, name, array)
 

@@ -529,3 +529,20 @@ def test_lists_of_modules_and_plain_containers_still_work():
     assert len(list(h.parameters())) == 2
     h.sizes = (3, 3)
     assert h.sizes == (3, 3)
+
+
+def test_a_name_is_a_parameter_or_a_buffer_not_both():
+    class Scale(nn.Module):
+        def __init__(self):
+            self.register_buffer("w", np.ones(3, np.float32))
+
+    m = Scale()
+    m.w = nn.Parameter(np.full(3, 2.0, np.float32))  # now trained
+    m.w[...] = 5.0
+    state = m.state_dict()
+    np.testing.assert_array_equal(state["w"], 5.0)
+    assert [name for name, _ in m.named_parameters()] == ["w"]
+    assert list(m.named_buffers()) == []
+    m.register_buffer("w", np.zeros(3, np.float32))  # back to a buffer
+    assert list(m.named_parameters()) == []
+    np.testing.assert_array_equal(m.state_dict()["w"], 0.0)
