@@ -174,6 +174,14 @@ def real(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> fl
     return v
 
 
+def seeded_rng(name: str, seed) -> np.random.Generator:
+    """``np.random.default_rng(seed)``, its errors naming the argument."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
 def positive_int(name: str, value) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

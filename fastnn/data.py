@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _validate as V
+
 __all__ = [
     "IDXFormatError",
     "DownloadError",
@@ -489,14 +491,6 @@ def _check_count(name: str, value, *, positive: bool) -> int:
     return value
 
 
-def _seeded_rng(name, seed):
-    """np.random.default_rng(seed), its errors naming the argument."""
-    try:
-        return np.random.default_rng(seed)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{name}: {exc}") from None
-
-
 def batches(X, y, batch_size, shuffle=True, rng=None, drop_last=False):
     """Iterate over ``(X_batch, y_batch)`` pairs along the first axis.
 
@@ -511,7 +505,7 @@ def batches(X, y, batch_size, shuffle=True, rng=None, drop_last=False):
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got len(X)={len(X)}, len(y)={len(y)}")
     n = len(X)
-    order = _seeded_rng("rng", rng).permutation(n) if shuffle else None
+    order = V.seeded_rng("rng", rng).permutation(n) if shuffle else None
     return _batch_iter(X, y, n, batch_size, order, drop_last)
 
 
@@ -538,7 +532,7 @@ def synthetic_mnist(n_train=60000, n_test=10000, seed=0):
     """
     n_train = _check_count("n_train", n_train, positive=False)
     n_test = _check_count("n_test", n_test, positive=False)
-    rng = _seeded_rng("seed", seed)
+    rng = V.seeded_rng("seed", seed)
     # Random 7x7 on/off patterns, upscaled 4x and box-blurred: smooth, stroke-like
     # images. The empty 4-pixel border lets np.roll shift them without wrap-around.
     coarse = (rng.random((10, 7, 7)) < 0.35).astype(np.float32)

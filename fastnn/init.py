@@ -16,10 +16,7 @@ def manual_seed(seed: int) -> None:
     """Seed fastnn's generator: weight init and Dropout seeds drawn after
     this call are reproducible."""
     global _rng
-    try:
-        _rng = np.random.default_rng(seed)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"seed: {exc}") from None
+    _rng = V.seeded_rng("seed", seed)
 
 
 def default_rng() -> np.random.Generator:
