@@ -36,6 +36,11 @@ def test_quick_run_prints_table_and_writes_json(tmp_path):
         assert r["floor_epoch_s"] == floor["floor_epoch_s"] > 0
         assert r["steady_epoch_min_s"] <= r["steady_epoch_s"] <= r["steady_epoch_max_s"]
         assert abs(r["ratio_to_floor"] - r["steady_epoch_s"] / r["floor_epoch_s"]) < 1e-9
+        # best: the fastest timed epoch of any round (after the first, but for the floor)
+        timed = [e for run_ in r["per_round"] for e in (run_["epoch_s"] if name == "floor" else run_["epoch_s"][1:])]
+        assert r["best_epoch_s"] == min(timed) <= r["steady_epoch_min_s"]
+        assert r["floor_best_epoch_s"] == floor["best_epoch_s"]
+        assert abs(r["best_ratio"] - r["best_epoch_s"] / floor["best_epoch_s"]) < 1e-9
         for run_ in r["per_round"]:
             assert run_["epochs"] == (3 if name == "floor" else 2)  # the floor: best of >= 3
             if name != "floor":  # the caller's ACTIVE did not reach the worker
