@@ -40,6 +40,7 @@ from .kernels import step as _K_step
 
 _ACT_TYPES = None
 _NO_ROWS = np.empty(0, np.int64)  # no labels
+_NO_COUNT = np.empty(0, np.int64)  # no count of rows predicted right
 _MAX_SIZES = 4
 
 
@@ -251,7 +252,8 @@ class SequentialProgram:
             probs = np.empty((n, self.out_width), dt)
             losses = np.empty(n, dt)
             bufs = self._sizes[n] = dict(A=A, D=D, Z=Z, M=M, DZ=DZ, S1=S[0], S2=S[1], S3=S[2],
-                                         labels=labels, probs=probs, losses=losses)
+                                         labels=labels, probs=probs, losses=losses,
+                                         correct=np.zeros(1, np.int64))
         return bufs
 
     def batch(self, n):
@@ -289,7 +291,7 @@ class SequentialProgram:
             self._keep_module_state(b["A"], b)
         return self._fwd(
             self.gemm_fn, self.wide, self.ops, self.fl, self.keys, b["labels"], b["probs"], b["losses"],
-            b["A"], self.W, self.P1, self.P2, b["Z"], b["M"], b["S1"], b["S2"], b["S3"], self.R1, self.R2)
+            b["correct"], b["A"], self.W, self.P1, self.P2, b["Z"], b["M"], b["S1"], b["S2"], b["S3"], self.R1, self.R2)
 
     def loss(self) -> float:
         """The mean loss of the last forward (rounded as the layer path's)."""
@@ -298,6 +300,11 @@ class SequentialProgram:
 
     def logits(self):
         return self._sizes[self._n]["A"][-1]
+
+    def correct(self) -> int:
+        """Rows of the last forward's batch whose largest logit is at the label
+        (``metrics.accuracy`` times the batch size; counted in the compiled call)."""
+        return int(self._sizes[self._n]["correct"][0])
 
     def backward(self) -> None:
         """Every parameter gradient of the last forward's batch (no input gradient)."""
@@ -320,7 +327,7 @@ class SequentialProgram:
         A = (x,) + b["A"][1:-1] + (out,)
         self._fwd(
             self.gemm_fn, self.wide, self.ops, self.fl, self.keys, _NO_ROWS, b["probs"][:0], b["losses"][:0],
-            A, self.W, self.P1, self.P2, b["Z"], b["M"], b["S1"], b["S2"], b["S3"], self.R1, self.R2)
+            _NO_COUNT, A, self.W, self.P1, self.P2, b["Z"], b["M"], b["S1"], b["S2"], b["S3"], self.R1, self.R2)
         self._module_state = (A, b)
         self._keep_module_state(A, b)
         return out

@@ -138,6 +138,34 @@ def test_fit_plain_sgd_no_shuffle_and_clipping_equal(monkeypatch):
         _close(p2, p1)
 
 
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+def test_correct_count_takes_the_first_largest_logit_as_argmax_does(dt):
+    from fastnn.kernels.step import _count_correct
+
+    rng = np.random.default_rng(0)
+    logits = rng.integers(-2, 3, (200, 7)).astype(dt)  # many ties within a row
+    logits[::5, 3] = -np.inf
+    logits[::7] = -np.inf
+    logits[1::7, 0] = -np.inf
+    logits[2::11] = np.finfo(dt).max
+    labels = rng.integers(0, 7, 200)
+    labels[::3] = logits[::3].argmax(axis=1)
+    assert _count_correct(logits, labels) == np.count_nonzero(logits.argmax(axis=1) == labels)
+
+
+def test_fit_accuracy_counted_in_the_step_equals_metrics_accuracy(monkeypatch):
+    """fit takes the training accuracy from the compiled forward's count: the
+    same history, bit for bit, as ``metrics.accuracy`` on the same logits."""
+    def also_accuracy(out, y):
+        return fastnn.metrics.accuracy(out, y)
+
+    _, _, hist, built = _train("seed", np.float32, True, monkeypatch, epochs=3,
+                               metrics=["accuracy", also_accuracy])
+    assert built[0] is not None
+    assert hist["accuracy"] == hist["also_accuracy"]
+    assert 0 < min(hist["accuracy"]) <= max(hist["accuracy"]) <= 1
+
+
 def test_modules_keep_their_state_after_a_compiled_fit(monkeypatch):
     model, _, _, built = _train("seed", np.float32, True, monkeypatch, epochs=1)
     assert built[0] is not None
