@@ -11,7 +11,8 @@ batch size, three kinds of epoch in interleaved rounds, all in this process:
 
 * **step**: what ``fit`` runs per batch, split by timers: the batch gather
   (``np.take`` of the rows and labels), the compiled forward + backward
-  (``fastnn/_step.py``), the loss and the training accuracy, Adam's update.
+  (``fastnn/_step.py``), the loss and the training accuracy (counted in the
+  compiled forward) as ``fit`` reads them, Adam's update.
 * **step without products**: the same, its matrix products replaced by a
   function with cblas_?gemm's signature that does nothing (a numba
   ``cfunc``): what the compiled forward + backward costs besides them (the
@@ -126,7 +127,6 @@ def products(arrays):
 def measure(batch, X, y, rounds, steps, seed):
     import fastnn
     from fastnn import _step, nn, optim
-    from fastnn.metrics import accuracy
 
     fastnn.manual_seed(seed)
     model = nn.Sequential([nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.2),
@@ -161,7 +161,7 @@ def measure(batch, X, y, rounds, steps, seed):
                 program.forward(batch, keep_state=False)
                 t2 = clock()
                 program.loss()
-                accuracy(program.logits(), yb)
+                program.correct()  # fit's training accuracy
                 t3 = clock()
                 program.backward()
                 t4 = clock()
