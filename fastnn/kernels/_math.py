@@ -113,6 +113,60 @@ def _exp_nonpos_overload(v):
     return exp32
 
 
+def log1p_unit(v):
+    """log(1 + v) for 0 <= v <= 1 (softplus of a non-positive number is
+    log1p(exp(-|x|))); NaN stays NaN. ``np.log1p`` is a scalar libm call that
+    keeps LLVM from vectorising the loop around it (BCE-with-logits' forward
+    took 19 ns/element); this form vectorises. A few ulp."""
+    return np.log1p(v)
+
+
+# fdlibm's log kernel (musl's logf for float32): for f in [sqrt(2)/2 - 1, sqrt(2) - 1],
+# log(1 + f) = f - hfsq + s (hfsq + R(s^2)), s = f / (2 + f), hfsq = f^2 / 2. Here
+# f = v up to sqrt(2) - 1, else f = (v - 1) / 2 and ln 2 is added (1 + v = 2 (1 + f)).
+_LG64 = (6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01,
+         2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01,
+         1.479819860511658591e-01)
+_LG1, _LG2, _LG3, _LG4, _LG5, _LG6, _LG7 = _LG64
+_LOG_LN2_HI64, _LOG_LN2_LO64 = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+_LGF1, _LGF2, _LGF3, _LGF4 = (np.float32(c) for c in (0.66666662693, 0.40000972152, 0.28498786688,
+                                                      0.24279078841))
+_LOG_LN2_HI32, _LOG_LN2_LO32 = np.float32(6.9313812256e-01), np.float32(9.0580006145e-06)
+_SQRT2_M1 = 0.41421356237309503
+
+
+@overload(log1p_unit)
+def _log1p_unit_overload(v):
+    if v == nbtypes.float64:
+        def log1p64(v):
+            big = v > _SQRT2_M1
+            f = (v - 1.0) * 0.5 if big else v
+            k = 1.0 if big else 0.0
+            s = f / (2.0 + f)
+            z = s * s
+            w = z * z
+            r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+            hfsq = 0.5 * f * f
+            return k * _LOG_LN2_HI64 - ((hfsq - (s * (hfsq + r) + k * _LOG_LN2_LO64)) - f)
+
+        return log1p64
+    if v != nbtypes.float32:
+        return lambda v: np.log1p(v)
+
+    def log1p32(v):
+        big = v > np.float32(_SQRT2_M1)
+        f = (v - np.float32(1.0)) * np.float32(0.5) if big else v
+        k = np.float32(1.0) if big else np.float32(0.0)
+        s = f / (np.float32(2.0) + f)
+        z = s * s
+        w = z * z
+        r = z * (_LGF1 + w * _LGF3) + w * (_LGF2 + w * _LGF4)
+        hfsq = np.float32(0.5) * f * f
+        return s * (hfsq + r) + k * _LOG_LN2_LO32 - hfsq + f + k * _LOG_LN2_HI32
+
+    return log1p32
+
+
 # Eigen's rational approximation of tanh for float32.
 _A1, _A3, _A5, _A7, _A9, _A11, _A13 = (np.float32(c) for c in (
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,

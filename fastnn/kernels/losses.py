@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from .._config import kernel, typed
-from ._math import exp_nonpos
+from ._math import exp_nonpos, log1p_unit
 
 
 @kernel
@@ -94,7 +94,7 @@ def bce_logits_forward(losses, logits, target, pos_weight):
             x = logits[i, j]
             t = target[i, j]
             w = one + (pos_weight[j] - one) * t
-            acc += (one - t) * x + w * (np.log1p(exp_nonpos(-abs(x))) + max(-x, zero))
+            acc += (one - t) * x + w * (log1p_unit(exp_nonpos(-abs(x))) + max(-x, zero))
         losses[i] = acc
 
 
