@@ -22,7 +22,8 @@ only at larger sizes, see fastnn/_config.py).
 
 For the memory-bound modules the table adds GB/s: the bytes the op must move
 at least (forward: read x, write y; backward: read dy and what the forward
-saved, write dx; softmax-CE: read the logits twice, write dx; Dropout:
+saved, write dx; softmax-CE: read the logits twice, write dx; BCE with logits: read the logits and
+targets in each direction, write dx; Dropout:
 recomputes its mask) divided by its time, and the bandwidth of a same-size
 ``np.copyto`` (read + write) timed in the fastnn worker right before each
 op (the same repeats), so that each op is set against the copy of the same
@@ -46,10 +47,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OPS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax_xent",
-       "batchnorm", "layernorm", "dropout")
+       "bce_logits", "batchnorm", "layernorm", "dropout")
 # Arrays of the input's size the op must read or write at least (forward + backward).
 PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5,
-          "softmax_xent": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
+          "softmax_xent": 3, "bce_logits": 5, "batchnorm": 5, "layernorm": 5, "dropout": 4}
 SIZES = ("64x256", "1024x1024", "4096x1024")
 DTYPES = ("float32", "float64")
 STRIPPED = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -91,6 +92,14 @@ def fastnn_case(op, n, d, dtype, rng):
             mod.forward(x, labels)
             mod.backward()
         return step
+    if op == "bce_logits":  # mean binary cross-entropy on logits, 0/1 targets
+        target = (rng.random((n, d)) > 0.5).astype(dtype)
+        mod = nn.BCEWithLogitsLoss()
+
+        def step():
+            mod.forward(x, target)
+            mod.backward()
+        return step
     mod = {
         "linear": lambda: nn.Linear(d, d, dtype=dtype),
         "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid,
@@ -118,6 +127,13 @@ def torch_case(op, n, d, dtype, rng):
         def step():
             x.grad = None
             torch.nn.functional.cross_entropy(x, labels).backward()
+        return step
+    if op == "bce_logits":
+        target = torch.from_numpy((rng.random((n, d)) > 0.5).astype(dtype))
+
+        def step():
+            x.grad = None
+            torch.nn.functional.binary_cross_entropy_with_logits(x, target).backward()
         return step
     mod = {
         "linear": lambda: torch.nn.Linear(d, d, dtype=tdtype),
