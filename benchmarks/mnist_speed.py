@@ -469,6 +469,15 @@ def print_table(rows, args):
           f"epoch; batch {args.batch_size}, threads {args.threads or 'default'}")
 
 
+UNSTEADY = 1.2  # a backend's slowest round over its fastest beyond this: the machine moved
+
+
+def unsteady(rows):
+    """The backends whose rounds spread by more than UNSTEADY (slowest / fastest round)."""
+    return [r["backend"] for r in rows
+            if r["rounds"] > 1 and r["steady_epoch_max_s"] > UNSTEADY * r["steady_epoch_min_s"]]
+
+
 def plot(rows, path):
     try:
         import matplotlib
@@ -615,6 +624,10 @@ def main(argv=None):
     print()
     print(f"data: {rows[0]['data']} ({rows[0]['n_train']} training samples)")
     print_table(rows, args)
+    moved = unsteady(rows)
+    if moved:
+        print(f"unsteady: the rounds of {', '.join(moved)} differ by more than {UNSTEADY}x (slowest / "
+              f"fastest): the machine's speed moved during the run; compare the best columns, or run again")
     if missing:
         print(f"not measured (not importable): {', '.join(missing)}")
     if args.json:

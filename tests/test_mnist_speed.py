@@ -87,3 +87,15 @@ def test_help_lists_the_options():
     assert proc.returncode == 0
     for option in ("--epochs", "--batch-size", "--backends", "--data-dir", "--quick", "--rounds", "--threads"):
         assert option in proc.stdout
+
+
+def test_unsteady_names_the_backends_whose_rounds_spread():
+    spec = importlib.util.spec_from_file_location("mnist_speed", os.path.join(ROOT, "benchmarks", "mnist_speed.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = [{"backend": "floor", "rounds": 3, "steady_epoch_min_s": 0.32, "steady_epoch_max_s": 0.62},
+            {"backend": "numba-fit", "rounds": 3, "steady_epoch_min_s": 0.42, "steady_epoch_max_s": 0.45},
+            {"backend": "jax", "rounds": 1, "steady_epoch_min_s": 0.6, "steady_epoch_max_s": 0.6}]
+    assert script.unsteady(rows) == ["floor"]
+    rows[1]["steady_epoch_max_s"] = 0.51
+    assert script.unsteady(rows) == ["floor", "numba-fit"]
