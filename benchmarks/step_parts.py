@@ -21,7 +21,8 @@ batch size, three kinds of epoch in interleaved rounds, all in this process:
   numbers.
 * **products alone**: the step's 8 products (3 forward, 3 weight-gradient,
   2 input-gradient) through ``np.matmul`` on arrays of the same shapes,
-  back to back: the GEMM floor of ``mnist_speed.py``, here in this process.
+  back to back: the GEMM floor of ``mnist_speed.py`` (its ``GemmFloor``), here in
+  this process.
 
 *products in step* = forward + backward of the step minus that of the step
 without products. The kernels run with less cache traffic without the
@@ -41,10 +42,13 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 
-LAYERS = (784, 256, 128, 10)
+from mnist_speed import LAYERS, GemmFloor  # noqa: E402  (the floor's 8 products, same shapes)
+
 PARTS = ("gather", "forward_backward", "loss_accuracy", "adam")
 
 
@@ -101,29 +105,6 @@ def noop_gemm(dtype, wide):
     return gemm_that_does_nothing, gemm_that_does_nothing.address
 
 
-def product_arrays(batch, rng):
-    """Per Linear (fan_in, fan_out): x (batch, in), W (in, out), dz (batch, out), outputs."""
-    arrays = []
-    for fan_in, fan_out in zip(LAYERS[:-1], LAYERS[1:]):
-        arrays.append(dict(x=rng.standard_normal((batch, fan_in), dtype=np.float32),
-                           W=rng.standard_normal((fan_in, fan_out), dtype=np.float32),
-                           dz=rng.standard_normal((batch, fan_out), dtype=np.float32),
-                           out=np.empty((batch, fan_out), np.float32),
-                           dW=np.empty((fan_in, fan_out), np.float32),
-                           dx=np.empty((batch, fan_in), np.float32)))
-    return arrays
-
-
-def products(arrays):
-    for a in arrays:
-        np.matmul(a["x"], a["W"], out=a["out"])
-    for k in range(len(arrays) - 1, -1, -1):
-        a = arrays[k]
-        np.matmul(a["x"].T, a["dz"], out=a["dW"])
-        if k > 0:  # fit skips the input gradient of the first layer
-            np.matmul(a["dz"], a["W"].T, out=a["dx"])
-
-
 def measure(batch, X, y, rounds, steps, seed):
     import fastnn
     from fastnn import _step, nn, optim
@@ -139,9 +120,9 @@ def measure(batch, X, y, rounds, steps, seed):
         raise SystemExit(f"batch {batch}: the compiled step does not apply here "
                          f"({_step.SequentialProgram.why_not or 'it would run kernels in parallel'})")
     real_gemm = program.gemm_fn
-    keep_alive, fake_gemm = noop_gemm(np.float32, program.wide)
+    keep_alive, fake_gemm = noop_gemm(program.dtype, program.wide)
     rng = np.random.default_rng(seed)
-    arrays = product_arrays(batch, rng)
+    floor = GemmFloor(LAYERS)
     n_steps = min(steps, len(X) // batch)
     scale = (60000 // batch) / n_steps  # seconds per 60,000-row epoch
 
@@ -178,7 +159,7 @@ def measure(batch, X, y, rounds, steps, seed):
     def products_epoch():
         t0 = time.perf_counter()
         for _ in range(n_steps):
-            products(arrays)
+            floor.step(batch)
         return (time.perf_counter() - t0) * scale
 
     step_epoch(real_gemm), step_epoch(fake_gemm), products_epoch()  # warm up
