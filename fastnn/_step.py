@@ -265,9 +265,9 @@ class SequentialProgram:
 
     def _advance_dropout(self) -> None:
         """A training forward: each Dropout's step counter moves on, as on the layer path."""
+        keys = self.keys
         for k, drop in self.drops:
-            drop.step += 1
-            self.keys[k, 1] = drop.step
+            keys[k, 1] = drop._next_step()
 
     def keep_state(self) -> None:
         """Leave the last batch's state in the modules (``fit`` calls this

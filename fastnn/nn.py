@@ -610,10 +610,20 @@ class Dropout(Module):
     def _named_buffers(self):
         return [("seed", self._seed), ("step", self._step)]
 
+    def _next_step(self) -> int:
+        """``step += 1`` for a training forward; the new step (the property's
+        checks cost microseconds a call, paid by every training step)."""
+        step = int(self._step) + 1
+        if step >= 2**63:
+            raise ValueError("step must be a count of forwards in [0, 2**63): this Dropout "
+                             "has reached the end of its mask sequence")
+        self._step[()] = step
+        return step
+
     def forward(self, x, training=None):
         training = self._is_training(training)
         if training and self.p > 0:
-            self.step += 1
+            self._next_step()
         y, self.mask = F.dropout(x, self.p, seed=self.seed, step=self.step,
                                  training=training, backend=self._backend, row_offset=self.row_offset)
         self._ran = True
@@ -857,10 +867,10 @@ class _LinearActBlock:
             y = np.empty_like(y)
         drop = self.drop
         if drop is not None and drop.p > 0 and drop._is_training(training):
-            drop.step += 1
+            step = np.uint64(drop._next_step())
             p = drop.p
             scale, threshold = 1.0 / (1.0 - p), _K_drop.dropout_threshold(p)
-            seed, step, row0 = np.uint64(drop.seed), np.uint64(drop.step), int(drop.row_offset)
+            seed, row0 = np.uint64(drop.seed), int(drop.row_offset)
         else:
             scale, threshold, seed, step, mask, row0 = 1.0, 0, _ZERO_U64, _ZERO_U64, _EMPTY2_U8, 0
         args = (y, z, mask, x, _plain(W), _plain(b), self.code, self.alpha, seed, step, threshold, scale,

@@ -724,8 +724,8 @@ class _EpochLoop:
             np.copyto(yb, y[s:e])
         else:
             idx = order[s:e]
-            np.take(X, idx, axis=0, out=xb, mode="clip")
-            np.take(y, idx, axis=0, out=yb, mode="clip")
+            X.take(idx, 0, xb, "clip")  # the method: np.take's wrapper costs 0.8 us a call
+            y.take(idx, 0, yb, "clip")
         return xb, yb
 
     def run(self, epoch):

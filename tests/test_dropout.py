@@ -205,3 +205,22 @@ def test_module_row_offset_matches_the_fused_path():
         np.testing.assert_array_equal(model[2].mask, whole_mask[4:])
         outs.append(whole)
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_dropout_at_the_end_of_its_mask_sequence_refuses_another_training_forward(fuse):
+    """step counts training forwards up to 2**63 - 1: the next one raises on the
+    plain, fused and compiled paths alike, and leaves the step where it was."""
+    x = np.ones((4, 3), np.float32)
+    alone = nn.Dropout(0.5, seed=1)
+    model = nn.Sequential([nn.Linear(3, 5), nn.ReLU(), nn.Dropout(0.5, seed=1), nn.Linear(5, 2)], fuse=fuse)
+    for drop, run in ((alone, lambda: alone.forward(x, training=True)),
+                      (model[2], lambda: model.forward(x, training=True))):
+        drop.step = 2**63 - 2
+        run()
+        assert drop.step == 2**63 - 1
+        with pytest.raises(ValueError, match="end of its mask sequence"):
+            run()
+        assert drop.step == 2**63 - 1
+        drop.forward(x, training=False)  # eval mode draws no mask
+        assert drop.step == 2**63 - 1
