@@ -27,7 +27,16 @@ targets in each direction, write dx; Dropout:
 recomputes its mask) divided by its time, and the bandwidth of a same-size
 ``np.copyto`` (read + write) timed in the fastnn worker right before each
 op (the same repeats), so that each op is set against the copy of the same
-moment.
+moment. That copy, one pair of arrays copied again and again, keeps part
+of itself in a large L3 (on the development machine 32 MiB of a 32 MiB L3
+went 1.5x as fast as a copy from memory), while the ops touch more memory a
+call (ReLU's x, y, dy and dx: 64 MiB at (4096, 1024) float32). ``of mem
+copy`` sets each op against a second copy that cycles through as many
+(source, destination) pairs as the op touches arrays (``FOOTPRINT``; two
+pairs for ReLU's four arrays), so that no pair is in cache when its turn
+comes: a copy from memory. The two bracket the op: the first favours the
+copy, the second the op (an op re-reads some of what it wrote last, such as
+ReLU's backward reading the output of its forward, from L3).
 
 PyTorch missing: the script says so and exits 0.
 """
@@ -51,6 +60,10 @@ OPS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softm
 # Arrays of the input's size the op must read or write at least (forward + backward).
 PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5,
           "softmax_xent": 3, "bce_logits": 5, "batchnorm": 5, "layernorm": 5, "dropout": 4}
+# Distinct arrays of the input's size an op touches in a forward + backward
+# (its working set): the memory copy cycles through FOOTPRINT // 2 pairs.
+FOOTPRINT = {"relu": 4, "leaky_relu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "silu": 4,
+             "softmax_xent": 2, "bce_logits": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4}
 SIZES = ("64x256", "1024x1024", "4096x1024")
 DTYPES = ("float32", "float64")
 STRIPPED = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -178,14 +191,17 @@ def run_worker(args):
         for dtype in args.dtypes:
             for n, d in args.sizes:
                 if args.worker == "fastnn" and g == 0:
-                    src = rng.standard_normal((n, d)).astype(dtype)
-                    dst = np.empty_like(src)
+                    pairs = [(rng.standard_normal((n, d)).astype(dtype), np.empty((n, d), dtype))
+                             for _ in range(max(copy_pairs(op) for op in PASSES))]
                 for op in ops:
                     if args.worker == "fastnn" and op in PASSES:
-                        # the bandwidth baseline right before the op: this machine's
+                        # the bandwidth baselines right before the op: this machine's
                         # speed drifts within seconds
-                        rows.append({"op": "copyto/" + op, "shape": [n, d], "dtype": dtype,
-                                     "times": median_time(lambda: np.copyto(dst, src), args.repeats, args.warmup)})
+                        rows.append({"op": "copyto/" + op, "shape": [n, d], "dtype": dtype, "pairs": 1,
+                                     "times": median_time(cycling_copy(pairs[:1]), args.repeats, args.warmup)})
+                        rows.append({"op": "copymem/" + op, "shape": [n, d], "dtype": dtype, "pairs": copy_pairs(op),
+                                     "times": median_time(cycling_copy(pairs[:copy_pairs(op)]),
+                                                          args.repeats, args.warmup)})
                     step = make(op, n, d, dtype, rng)
                     rows.append({"op": op, "shape": [n, d], "dtype": dtype,
                                  "times": median_time(step, args.repeats, args.warmup)})
@@ -200,6 +216,23 @@ def run_worker(args):
 
 def op_bytes(op, n, d, dtype):
     return PASSES[op] * n * d * np.dtype(dtype).itemsize if op in PASSES else None
+
+
+def copy_pairs(op):
+    """(source, destination) pairs the op's memory copy cycles through:
+    at most the op's working set, at least one."""
+    return max(1, FOOTPRINT[op] // 2)
+
+
+def cycling_copy(pairs):
+    """A function that copies the next pair at each call."""
+    state = [0]
+
+    def copy():
+        src, dst = pairs[state[0] % len(pairs)]
+        state[0] += 1
+        np.copyto(dst, src)
+    return copy
 
 
 def combine(worker_results):
@@ -235,6 +268,8 @@ def table(combined, args):
             for op in args.ops:
                 copy = med.get(("fastnn", "copyto/" + op, (n, d), dtype))
                 copy_gbs = 2 * n * d * np.dtype(dtype).itemsize / copy / 1e9 if copy else None
+                mem = med.get(("fastnn", "copymem/" + op, (n, d), dtype))
+                mem_gbs = 2 * n * d * np.dtype(dtype).itemsize / mem / 1e9 if mem else None
                 f = med[("fastnn", op, (n, d), dtype)]
                 t = med[("torch", op, (n, d), dtype)]
                 b = op_bytes(op, n, d, dtype)
@@ -245,6 +280,9 @@ def table(combined, args):
                     "torch_gb_s": b / t / 1e9 if b else None,
                     "copyto_gb_s": copy_gbs if b else None,
                     "fastnn_of_copy": (b / f / 1e9) / copy_gbs if b and copy_gbs else None,
+                    "mem_copy_gb_s": mem_gbs if b else None,
+                    "mem_copy_pairs": copy_pairs(op) if b else None,
+                    "fastnn_of_mem_copy": (b / f / 1e9) / mem_gbs if b and mem_gbs else None,
                     "of_copy_rounds": list(of_copy[(op, (n, d), dtype)]) if b and copy_gbs else None,
                 })
     return rows
@@ -256,14 +294,16 @@ def fmt_time(s):
 
 def print_table(rows, args):
     head = (f"{'op':<13} {'shape':>10} {'dtype':>7} {'fastnn':>10} {'torch':>10} {'ratio':>6} {'rounds':>10} "
-            f"{'fastnn GB/s':>11} {'torch GB/s':>10} {'copy GB/s':>9} {'of copy':>7} {'rounds':>9}")
+            f"{'fastnn GB/s':>11} {'torch GB/s':>10} {'copy GB/s':>9} {'of copy':>7} {'rounds':>9} "
+            f"{'of mem copy':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
         gb = "" if r["bytes"] is None else (
             f" {r['fastnn_gb_s']:>11.1f} {r['torch_gb_s']:>10.1f} {r['copyto_gb_s']:>9.1f} "
             f"{100 * r['fastnn_of_copy']:>6.0f}% "
-            f"{100 * r['of_copy_rounds'][0]:>3.0f}-{100 * r['of_copy_rounds'][1]:<4.0f}%")
+            f"{100 * r['of_copy_rounds'][0]:>3.0f}-{100 * r['of_copy_rounds'][1]:<4.0f}% "
+            f"{100 * r['fastnn_of_mem_copy']:>10.0f}%")
         print(f"{r['op']:<13} {'x'.join(map(str, r['shape'])):>10} {r['dtype']:>7} {fmt_time(r['fastnn_s']):>10} "
               f"{fmt_time(r['torch_s']):>10} {r['ratio']:>6.2f} "
               f"{r['ratio_rounds'][0]:>4.2f}-{r['ratio_rounds'][1]:<5.2f}{gb}")
@@ -272,7 +312,9 @@ def print_table(rows, args):
           f"ratio = fastnn / torch (PyTorch faster where > 1: {slower} of {len(rows)} beyond 5%), "
           f"rounds = min-max over rounds of each round's ratio; "
           f"GB/s = bytes the op must move at least / time, of copy = that against np.copyto timed "
-          f"right before the op (rounds: min-max over rounds); threads {args.threads or 'default'}")
+          f"right before the op (rounds: min-max over rounds), of mem copy = against a copy cycling "
+          f"through as many array pairs as the op touches arrays (from memory, not L3); "
+          f"threads {args.threads or 'default'}")
 
 
 def parse_list(p, text, allowed, what):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +35,9 @@ def test_toy_run_writes_every_row(tmp_path):
             itemsize = 4 if dtype == "float32" else 8
             assert r["bytes"] >= 3 * shape[0] * shape[1] * itemsize
             assert r["fastnn_gb_s"] == pytest.approx(r["bytes"] / r["fastnn_s"] / 1e9)
-            assert r["copyto_gb_s"] > 0
+            assert r["copyto_gb_s"] > 0 and r["mem_copy_gb_s"] > 0
+            assert r["mem_copy_pairs"] == (1 if op == "softmax_xent" else 2)  # its working set: 2 or 4 arrays
+            assert r["fastnn_of_mem_copy"] == pytest.approx(r["fastnn_gb_s"] / r["mem_copy_gb_s"])
             lo, hi = r["of_copy_rounds"]
             assert 0 < lo <= hi
     workers = doc["workers"]
@@ -42,6 +45,26 @@ def test_toy_run_writes_every_row(tmp_path):
     for w in workers:  # each framework alone in its process
         assert not (w["imported_torch"] if w["framework"] == "fastnn" else w["imported_fastnn"])
         assert all(len(r["times"]) == 2 for r in w["rows"])
+    copies = [r for r in workers[0]["rows"] if r["op"].startswith("copy")]
+    assert {(r["op"].split("/")[0], r["pairs"]) for r in copies if r["op"].endswith("/relu")} == {
+        ("copyto", 1), ("copymem", 2)}
+
+
+def test_the_copy_baseline_cycles_through_its_pairs():
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    try:
+        import vs_torch
+    finally:
+        sys.path.remove(os.path.dirname(SCRIPT))
+    assert set(vs_torch.FOOTPRINT) == set(vs_torch.PASSES)
+    assert all(2 <= vs_torch.FOOTPRINT[op] <= vs_torch.PASSES[op] for op in vs_torch.PASSES)
+    pairs = [(np.full(5, k, np.float32), np.zeros(5, np.float32)) for k in (1, 2, 3)]
+    copy = vs_torch.cycling_copy(pairs[:2])
+    copy()
+    assert pairs[0][1].tolist() == [1] * 5 and pairs[1][1].tolist() == [0] * 5
+    copy()
+    copy()
+    assert pairs[1][1].tolist() == [2] * 5 and pairs[2][1].tolist() == [0] * 5
 
 
 def test_without_torch_it_says_so_and_exits_0(tmp_path):
