@@ -76,3 +76,12 @@ def test_softmax_xent_grad_labels(compare_and_time, randn, rng, case):
     compare_and_time("softmax_xent_grad_labels", K.softmax_xent_grad_labels,
                      R.softmax_xent_grad_labels, {"dlogits": np.empty_like(logits)},
                      (logits, rowmax, rowsum, labels))
+
+
+def test_softmax_xent_loss_grad_labels(compare_and_time, randn, rng, case):
+    logits, labels, _ = _logits_probs(randn, rng, case)
+    n = case.shape[0]
+    outputs = {"dlogits": np.empty_like(logits), "rowmax": np.empty(n, case.dtype),
+               "rowsum": np.empty(n, case.dtype), "losses": np.empty(n, case.dtype)}
+    compare_and_time("softmax_xent_loss_grad_labels", K.softmax_xent_loss_grad_labels,
+                     R.softmax_xent_loss_grad_labels, outputs, (logits, labels))

@@ -363,6 +363,27 @@ def _softmax_xent_loss(logits, target, backend):
     return loss, logits, (rowmax, rowsum), target
 
 
+def softmax_xent_loss_grad(logits, target, *, out=None, backend=None):
+    """``softmax_xent_loss`` and ``softmax_xent_grad`` in one pass over the
+    logits: returns (loss, dlogits, stats, target). Each row's exps are
+    written into dlogits while the row is in cache: one exp per element
+    instead of two and one read of the logits instead of two, for a forward
+    that a backward will follow."""
+    loss, _, stats, target, d = _softmax_xent_loss_grad(logits, target, backend, out)
+    return loss, d, stats, target
+
+
+def _softmax_xent_loss_grad(logits, target, backend, out=None):
+    """softmax_xent_loss_grad, also returning the checked logits (the module keeps them)."""
+    logits = V.float_array("logits", logits, ndim=2)
+    n, c = logits.shape
+    target = _xent_target(target, n, c, logits.dtype)
+    d = _new(out, "out", (n, c), logits.dtype, apart=(("logits", logits), ("target", target)))
+    rowmax, rowsum, losses = (np.empty(n, logits.dtype) for _ in range(3))
+    loss = _xent_mean("loss_grad", (d, rowmax, rowsum, losses), logits, target, backend)
+    return loss, logits, (rowmax, rowsum), target, d
+
+
 def softmax_xent_grad(logits, stats, target, *, out=None, backend=None):
     """dlogits = (softmax(logits) - onehot(target)) / N from the logits and
     the ``stats`` and ``target`` that ``softmax_xent_loss`` returned for them."""

@@ -767,10 +767,16 @@ class SoftmaxCrossEntropy(Module):
     indices (N,) or one-hot/soft targets (N, C). ``backward()`` returns
     dlogits = (softmax(logits) - onehot(y)) / N.
 
-    The forward keeps the logits (as Linear keeps its input) and each row's
-    max and exp-sum, not the probabilities: the backward recomputes them
-    (``F.softmax_xent_loss`` / ``F.softmax_xent_grad``), one pass over the
-    (N, C) array less. ``probs`` computes them on request.
+    In training mode the forward also computes the gradient, in the same
+    pass over the logits (``F.softmax_xent_loss_grad``: one exp per element
+    and two passes over (N, C) arrays for forward + backward, against two
+    exps and three passes when the backward recomputes the probabilities),
+    and the next ``backward()`` hands it over. In eval mode (or
+    ``forward(..., training=False)``) the forward writes no (N, C) array and a
+    backward recomputes the gradient from the logits, which the forward keeps
+    (as Linear keeps its input) with each row's max and exp-sum
+    (``F.softmax_xent_loss`` / ``F.softmax_xent_grad``); so does a second
+    backward. ``probs`` computes the probabilities on request.
     """
 
     classification = True  # fit tracks accuracy by default
@@ -780,6 +786,7 @@ class SoftmaxCrossEntropy(Module):
         self._logits = None
         self._stats = None
         self._target = None
+        self._grad = None  # the training forward's gradient, until a backward takes it
 
     @property
     def probs(self):
@@ -792,7 +799,12 @@ class SoftmaxCrossEntropy(Module):
         return p
 
     def forward(self, logits, y, training=None):
-        loss, self._logits, self._stats, target = F._softmax_xent_loss(logits, y, self._backend)
+        self._grad = None
+        if self._is_training(training):
+            loss, self._logits, self._stats, target, self._grad = F._softmax_xent_loss_grad(
+                logits, y, self._backend)
+        else:
+            loss, self._logits, self._stats, target = F._softmax_xent_loss(logits, y, self._backend)
         # Own copy: the backward indexes with the labels without checking
         # them again, so a caller changing y in between must not reach it.
         self._target = target.copy() if target is y else target
@@ -800,10 +812,13 @@ class SoftmaxCrossEntropy(Module):
 
     def backward(self, dout=None):
         logits = self._need(self._logits)
-        d = np.empty_like(logits)
-        F._xent_run("grad", (d,), (logits, *self._stats), self._target, self._backend)
-        if dout is not None:
-            d *= V.real("dout", dout)
+        scale = None if dout is None else V.real("dout", dout)
+        d, self._grad = self._grad, None  # the caller owns it from here: never handed out twice
+        if d is None:
+            d = np.empty_like(logits)
+            F._xent_run("grad", (d,), (logits, *self._stats), self._target, self._backend)
+        if scale is not None:
+            d *= scale
         return d
 
     def __repr__(self):

@@ -802,11 +802,13 @@ class _EpochLoop:
 def _evaluate(model, loss_fn, X, y, batch_size, metrics) -> dict:
     total = 0.0
     sums = [0.0] * len(metrics)
+    # no backward follows: a fastnn loss in training mode would also compute its gradient
+    kw = {"training": False} if isinstance(loss_fn, nn.Module) else {}
     with _mode(model, False):
         for s in range(0, len(X), batch_size):
             xb, yb = X[s:s + batch_size], y[s:s + batch_size]
             out = model.forward(xb, training=False)
-            total += loss_fn.forward(out, yb) * len(xb)
+            total += loss_fn.forward(out, yb, **kw) * len(xb)
             for k, (_, fn) in enumerate(metrics):
                 sums[k] += fn(out, yb) * len(xb)
     logs = {"loss": total / len(X)}

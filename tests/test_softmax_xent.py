@@ -315,3 +315,121 @@ def test_module_recomputes_the_probabilities_of_the_probs_path(backend):
     assert mod.probs.dtype == np.float32
     np.testing.assert_allclose(mod.backward(), F.softmax_xent_backward(probs, t, backend=backend),
                                rtol=1e-5, atol=1e-12)
+
+
+# ---- the module's training path: loss and gradient in one pass
+
+
+def _loss_grad_flat(backend_fn):
+    def run(logits, target):
+        loss, d, (rowmax, rowsum), t = backend_fn(logits, target)
+        return loss, d, rowmax, rowsum
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES + ((32, 10), BIG))
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "targets"])
+def test_loss_grad_matches_reference_and_the_two_pass_path(shape, dtype, soft):
+    logits, labels = _inputs(shape, dtype)
+    target = labels
+    if soft:
+        t = rng_for("xent-lg-soft", shape).random(shape)
+        target = (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+    (loss, d, rowmax, rowsum), _ = run_both(*map(_loss_grad_flat, backends(F.softmax_xent_loss_grad)),
+                                            lambda: (logits, target),
+                                            names=["loss", "dlogits", "rowmax", "rowsum"])
+    assert d.dtype == dtype and d.shape == shape
+    np.testing.assert_array_equal(rowmax, logits.max(axis=1))
+    # the loss and grad kernels' values: the same float operations, but the
+    # compiler may order a row's exp-sum otherwise in each kernel
+    loss2, stats2, t2 = F.softmax_xent_loss(logits, target)
+    ulp = float(np.finfo(dtype).eps)
+    assert loss == pytest.approx(loss2, rel=4 * ulp)
+    np.testing.assert_allclose(rowsum, stats2[1], rtol=4 * ulp)
+    np.testing.assert_allclose(d, F.softmax_xent_grad(logits, stats2, t2), rtol=8 * ulp, atol=ulp / shape[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_loss_grad_kernels_called_directly_match_reference(dtype):
+    logits, labels = _inputs((5, 33), dtype)
+    n, c = logits.shape
+    onehot = np.eye(c, dtype=dtype)[labels]
+    for k, r, target in ((K.softmax_xent_loss_grad_labels, R.softmax_xent_loss_grad_labels, labels),
+                         (K.softmax_xent_loss_grad_targets, R.softmax_xent_loss_grad_targets, onehot)):
+        run_both(k, r, lambda: (np.empty((n, c), dtype), np.empty(n, dtype), np.empty(n, dtype),
+                                np.empty(n, dtype), logits, target),
+                 names=["dlogits", "rowmax", "rowsum", "losses"], n_out=4)
+
+
+@pytest.mark.parametrize("targets", [False, True], ids=["labels", "targets"])
+def test_reference_loss_grad_matches_finite_differences(targets):
+    rng = rng_for("xent-lg-fd", targets)
+    logits = rng.standard_normal((4, 6)) * 2
+    if targets:
+        y = rng.random((4, 6))
+        y /= y.sum(axis=1, keepdims=True)
+        fn = R.softmax_xent_loss_grad_targets
+    else:
+        y = np.array([0, 5, 2, 2])
+        fn = R.softmax_xent_loss_grad_labels
+    d, rowmax, rowsum, losses = np.empty_like(logits), np.empty(4), np.empty(4), np.empty(4)
+
+    def loss():
+        fn(np.empty_like(logits), rowmax, rowsum, losses, logits, y)
+        return float(losses.mean())
+
+    fn(d, rowmax, rowsum, losses, logits, y)
+    assert_grad_close(d, numeric_grad(loss, logits), "dlogits")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_loss_grad_with_huge_logits_is_finite(dtype, backend):
+    logits, labels = _huge_logits(dtype)
+    with _no_float_warnings():
+        loss, d, _, _ = F.softmax_xent_loss_grad(logits, labels, backend=backend)
+    np.testing.assert_allclose(loss, (2e4 + np.log(3) + np.log(2)) / 3, rtol=1e-6)
+    np.testing.assert_allclose(d[0], np.array([1, -1, 0]) / 3, atol=1e-7)
+    assert np.isfinite(d).all()
+
+
+def test_loss_grad_checks_its_arguments():
+    logits, labels = _inputs((4, 6), np.float32)
+    with pytest.raises(ValueError, match="y"):
+        F.softmax_xent_loss_grad(logits, np.array([0, 1, 2, 6]))
+    with pytest.raises(ValueError, match="out"):
+        F.softmax_xent_loss_grad(logits, labels, out=np.empty((4, 5), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        F.softmax_xent_loss_grad(logits, labels, out=logits)  # the gradient would overwrite its input
+    d = np.empty((4, 6), np.float32)
+    assert F.softmax_xent_loss_grad(logits, labels, out=d)[1] is d
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "targets"])
+def test_module_training_and_eval_forwards_give_the_same_backward(backend, soft):
+    """A training forward computes the gradient with the loss and the next
+    backward hands it over; after an eval forward, or for a second backward,
+    the backward recomputes it: the same values either way."""
+    from fastnn import nn
+
+    logits, labels = _inputs((16, 10), np.float32)
+    target = np.eye(10, dtype=np.float32)[labels] if soft else labels
+    mod = nn.SoftmaxCrossEntropy()
+    mod.backend = backend
+    loss_eval = mod.forward(logits, target, training=False)
+    d_eval = mod.backward()
+    loss_train = mod.forward(logits, target)
+    d_train = mod.backward()
+    d_again = mod.backward()
+    assert loss_train == pytest.approx(loss_eval, rel=1e-6)
+    np.testing.assert_allclose(d_train, d_eval, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(d_again, d_train, rtol=1e-5, atol=1e-9)
+    assert d_again is not d_train  # the handed-over array is the caller's
+    mod.forward(logits, target)
+    np.testing.assert_allclose(mod.backward(2.5), 2.5 * d_train, rtol=1e-6, atol=1e-9)
+    mod.forward(logits, target)
+    with pytest.raises(TypeError, match="dout"):
+        mod.backward("x")
+    np.testing.assert_allclose(mod.backward(), d_train, rtol=1e-5, atol=1e-9)  # still the forward's

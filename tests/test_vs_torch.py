@@ -33,7 +33,7 @@ def test_toy_run_writes_every_row(tmp_path):
             assert r["fastnn_gb_s"] is None
         else:
             itemsize = 4 if dtype == "float32" else 8
-            assert r["bytes"] >= 3 * shape[0] * shape[1] * itemsize
+            assert r["bytes"] >= 2 * shape[0] * shape[1] * itemsize
             assert r["fastnn_gb_s"] == pytest.approx(r["bytes"] / r["fastnn_s"] / 1e9)
             assert r["copyto_gb_s"] > 0 and r["mem_copy_gb_s"] > 0
             assert r["mem_copy_pairs"] == (1 if op == "softmax_xent" else 2)  # its working set: 2 or 4 arrays

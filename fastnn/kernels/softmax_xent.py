@@ -17,10 +17,14 @@ probabilities and ``softmax_xent_backward_*`` reads them (``functional``'s
 API, which returns them). ``softmax_xent_loss_*`` keeps only each row's max
 and sum of exp(z - max), and ``softmax_xent_grad_*`` recomputes the
 probabilities from the logits while it writes the gradient (the module's
-path): three passes over an (N, C) array instead of four, the probability
-write and its re-read traded for a second exp per element. Both compute the
-probabilities with the same float operations (equal to a few ulp: the
-compiler may order a row's exp-sum differently in each).
+path in eval mode): three passes over an (N, C) array instead of four,
+the probability write and its re-read traded for a second exp per element.
+``softmax_xent_loss_grad_*`` does both at once for a forward that will be
+followed by a backward (the module in training mode): each row's exps go
+into the gradient's row while it is in cache and are scaled there, so one
+exp per element and two passes (read the logits, write the gradient). All
+compute the probabilities with the same float operations (equal to a few
+ulp: the compiler may order a row's exp-sum differently in each).
 """
 
 import numpy as np
@@ -40,6 +44,7 @@ COST = {
     "softmax_xent_backward_labels": (0.3, 0.8), "softmax_xent_backward_targets": (0.5, 1.2),
     "softmax_xent_loss_labels": (1.5, 2.8), "softmax_xent_loss_targets": (2.0, 3.5),
     "softmax_xent_grad_labels": (1.1, 2.6), "softmax_xent_grad_targets": (1.1, 2.9),
+    "softmax_xent_loss_grad_labels": (1.8, 3.6), "softmax_xent_loss_grad_targets": (2.5, 4.4),
 }
 
 
@@ -177,3 +182,56 @@ def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
         inv = typed(logits, 1.0 / rowsum[i])
         for j in range(c):
             dlogits[i, j] = (exp_nonpos(logits[i, j] - m) * inv - targets[i, j]) * inv_n
+
+
+@jit_helper
+def _exp_row_into(d, z, m):
+    """d = exp(z - m) for one row; returns the sum, as ``_row_expsum``."""
+    s = typed(z, 0.0)
+    for j in range(z.shape[0]):
+        e = exp_nonpos(z[j] - m)
+        d[j] = e
+        s += e
+    return s
+
+
+@jit_helper
+def _row_stats_and_exps(rowmax, rowsum, i, d, z):
+    """``_keep_row_stats`` that also leaves exp(z - max) in d; returns
+    logsumexp(z) as float64 and the row's 1 / sum in z's dtype."""
+    m = _row_max(z)
+    s = _exp_row_into(d, z, m)
+    rowmax[i] = m
+    rowsum[i] = s
+    return np.float64(m) + np.log(np.float64(s)), typed(z, 1.0 / rowsum[i])
+
+
+@kernel
+def softmax_xent_loss_grad_labels(dlogits, rowmax, rowsum, losses, logits, labels):
+    """``softmax_xent_loss_labels`` and ``softmax_xent_grad_labels`` in one
+    pass: the same rowmax, rowsum, losses and dlogits."""
+    n, c = logits.shape
+    inv_n = typed(logits, 1.0 / n)
+    for i in prange(n):
+        d = dlogits[i]
+        lse, inv = _row_stats_and_exps(rowmax, rowsum, i, d, logits[i])
+        losses[i] = lse - logits[i, labels[i]]
+        for j in range(c):
+            d[j] = (d[j] * inv) * inv_n
+        d[labels[i]] -= inv_n
+
+
+@kernel
+def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, logits, targets):
+    """``softmax_xent_loss_targets`` and ``softmax_xent_grad_targets`` in one pass."""
+    n, c = logits.shape
+    inv_n = typed(logits, 1.0 / n)
+    for i in prange(n):
+        d = dlogits[i]
+        lse, inv = _row_stats_and_exps(rowmax, rowsum, i, d, logits[i])
+        acc = 0.0
+        for j in range(c):
+            acc += targets[i, j] * (lse - logits[i, j])
+        losses[i] = acc
+        for j in range(c):
+            d[j] = (d[j] * inv - targets[i, j]) * inv_n

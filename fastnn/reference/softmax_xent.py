@@ -57,3 +57,13 @@ def softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets):
 def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
     p = np.exp(logits - rowmax[:, None]) / rowsum[:, None]
     dlogits[...] = (p - targets) / logits.shape[0]
+
+
+def softmax_xent_loss_grad_labels(dlogits, rowmax, rowsum, losses, logits, labels):
+    softmax_xent_loss_labels(rowmax, rowsum, losses, logits, labels)
+    softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels)
+
+
+def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, logits, targets):
+    softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets)
+    softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets)
