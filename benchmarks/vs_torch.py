@@ -23,8 +23,8 @@ only at larger sizes, see fastnn/_config.py).
 For the memory-bound modules the table adds GB/s: the bytes the op must move
 at least (forward: read x, write y; backward: read dy and what the forward
 saved, write dx; softmax-CE: read the logits, write dx, which its training
-forward computes; BCE with logits: read the logits and targets in each
-direction, write dx; Dropout: recomputes its mask) divided by its time, and the bandwidth of a same-size
+forward computes; BCE with logits: read the logits and targets, write dx,
+the same; Dropout: recomputes its mask) divided by its time, and the bandwidth of a same-size
 ``np.copyto`` (read + write) timed in the fastnn worker right before each
 op (the same repeats), so that each op is set against the copy of the same
 moment. That copy, one pair of arrays copied again and again, keeps part
@@ -59,7 +59,7 @@ OPS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softm
        "bce_logits", "batchnorm", "layernorm", "dropout")
 # Arrays of the input's size the op must read or write at least (forward + backward).
 PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5,
-          "softmax_xent": 2, "bce_logits": 5, "batchnorm": 5, "layernorm": 5, "dropout": 4}
+          "softmax_xent": 2, "bce_logits": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
 # Distinct arrays of the input's size an op touches in a forward + backward
 # (its working set): the memory copy cycles through FOOTPRINT // 2 pairs.
 FOOTPRINT = {"relu": 4, "leaky_relu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "silu": 4,

@@ -465,6 +465,27 @@ def pointwise_loss(kind, pred, target, *, reduction="mean", delta=1.0, pos_weigh
     return (loss,) + args
 
 
+def _bce_logits_loss_grad(pred, target, reduction, pos_weight, backend):
+    """``pointwise_loss("bce_logits", ...)`` that also returns d(loss)/d(logits)
+    of the checked (N, C) logits, computed in the same pass: (loss, d,
+    pred2, target2, delta, pos_weight)."""
+    args = _loss_args("bce_logits", pred, target, reduction, 1.0, pos_weight)
+    pred2, target2, _, pos_weight = args
+    losses = np.empty(len(pred2), np.float64)
+    d = np.empty_like(pred2)
+    scale = 1.0 / pred2.size if reduction == "mean" else 1.0
+    if _finite_maybe and _check_finite:
+        _finite("bce_logits_forward", "received", pred=pred2, target=target2)
+    if _numba(backend):
+        K_loss.bce_logits_forward_backward(d, losses, pred2, target2, pos_weight, scale, work=pred2.size)
+    else:
+        R_loss.bce_logits_forward_backward(d, losses, pred2, target2, pos_weight, scale)
+    loss = float(losses.sum())
+    if reduction == "mean":
+        loss /= pred2.size
+    return (loss, d) + args
+
+
 def _pointwise_backward(kind, pred2, target2, delta, pos_weight, scale, d, backend):
     """The backward on arrays already checked by ``pointwise_loss``."""
     mod = K_loss if _numba(backend) else R_loss

@@ -1167,11 +1167,18 @@ class _PointwiseLoss(Module):
         self.reduction = reduction
         self.delta, self.pos_weight = 1.0, None
         self._cache = None
+        self._grad = None  # BCE's training forward's gradient, until a backward takes it
 
     def forward(self, pred, y, training=None):
-        loss, p2, t2, delta, pw = F.pointwise_loss(self.kind, pred, y, reduction=self.reduction,
-                                                   delta=self.delta, pos_weight=self.pos_weight,
-                                                   backend=self._backend)
+        self._grad = None
+        if self.kind == "bce_logits" and self._is_training(training):
+            # the gradient in the same pass (one exp per element), for the next backward
+            loss, self._grad, p2, t2, delta, pw = F._bce_logits_loss_grad(
+                pred, y, self.reduction, self.pos_weight, self._backend)
+        else:
+            loss, p2, t2, delta, pw = F.pointwise_loss(self.kind, pred, y, reduction=self.reduction,
+                                                       delta=self.delta, pos_weight=self.pos_weight,
+                                                       backend=self._backend)
         # Own copy of the targets: a caller may refill its batch buffer before backward.
         # (y may be a view of that buffer: compare memory, not objects)
         own = isinstance(y, np.ndarray) and np.may_share_memory(t2, y)
@@ -1180,10 +1187,15 @@ class _PointwiseLoss(Module):
 
     def backward(self, dout=None):
         shape, p2, t2, delta, pw = self._need(self._cache)
-        scale = 1.0 / p2.size if self.reduction == "mean" else 1.0
-        if dout is not None:
-            scale *= V.real("dout", dout)
-        d = F._pointwise_backward(self.kind, p2, t2, delta, pw, scale, np.empty_like(p2), self._backend)
+        factor = None if dout is None else V.real("dout", dout)
+        d, self._grad = self._grad, None  # the caller owns it from here
+        if d is None:
+            scale = 1.0 / p2.size if self.reduction == "mean" else 1.0
+            if factor is not None:
+                scale *= factor
+            d = F._pointwise_backward(self.kind, p2, t2, delta, pw, scale, np.empty_like(p2), self._backend)
+        elif factor is not None:
+            d *= factor
         return d.reshape(shape)
 
     def __repr__(self):
@@ -1218,7 +1230,12 @@ class BCEWithLogitsLoss(_PointwiseLoss):
     (binary: ``(N, 1)``; multi-label: ``(N, C)``). ``pos_weight: (C,)``
     weighs the positive term of each column, as in PyTorch. Accuracy is
     ``logit > 0`` against ``y >= 0.5``; probabilities:
-    ``fastnn.train.predict_proba(model, X, kind="sigmoid")``."""
+    ``fastnn.train.predict_proba(model, X, kind="sigmoid")``.
+
+    In training mode the forward also computes the gradient, in the same
+    pass (exp(-|x|) once per element, the logits and targets read once), and
+    the next ``backward()`` hands it over; in eval mode (or
+    ``forward(..., training=False)``) the backward computes it."""
     kind = "bce_logits"
     classification = True
     binary = True  # the "accuracy" metric thresholds each output

@@ -154,3 +154,60 @@ def test_log1p_unit_is_within_four_ulp_of_log1p(dtype):
     nan = np.array([np.nan], dtype)
     evaluate(nan, out[:1])
     assert np.isnan(out[0])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bce_loss_grad_in_one_pass_matches_reference_and_the_two_kernels(shape, dtype, reduction):
+    """BCEWithLogitsLoss's training forward: loss and gradient in one pass."""
+    pred, target, kw = _inputs("bce_logits", shape, dtype)
+
+    def both(backend):
+        def run(p, t):
+            loss, d, *_ = F._bce_logits_loss_grad(p, t, reduction, kw["pos_weight"], backend)
+            return np.array([loss], dtype), d
+        return run
+
+    (loss, d), _ = run_both(both("numba"), both("numpy"), lambda: (pred, target), names=["loss", "dpred"])
+    assert d.dtype == dtype and d.shape == shape
+    ulp = float(np.finfo(dtype).eps)
+    assert loss[0] == pytest.approx(F.pointwise_loss("bce_logits", pred, target, reduction=reduction, **kw)[0],
+                                    rel=8 * ulp)
+    np.testing.assert_array_equal(  # the same float operations per element as the backward kernel
+        d, F.pointwise_loss_backward("bce_logits", pred, target, reduction=reduction, **kw))
+
+
+def test_bce_reference_loss_grad_matches_finite_differences():
+    from fastnn.reference import losses as R
+
+    pred, target, kw = _inputs("bce_logits", (4, 5), np.float64)
+    d, losses = np.empty_like(pred), np.empty(4)
+
+    def loss():
+        R.bce_logits_forward_backward(np.empty_like(pred), losses, pred, target, kw["pos_weight"], 1.0)
+        return float(losses.sum())
+
+    R.bce_logits_forward_backward(d, losses, pred, target, kw["pos_weight"], 1.0)
+    assert_grad_close(d, numeric_grad(loss, pred), "dlogits")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_bce_module_training_and_eval_forwards_give_the_same_backward(backend):
+    pred, target, kw = _inputs("bce_logits", (16, 7), np.float32)
+    mod = nn.BCEWithLogitsLoss(**kw)
+    mod.backend = backend
+    loss_eval = mod.forward(pred, target, training=False)
+    d_eval = mod.backward()
+    loss_train = mod.forward(pred, target)
+    d_train = mod.backward()
+    d_again = mod.backward()
+    assert loss_train == pytest.approx(loss_eval, rel=1e-6)
+    np.testing.assert_allclose(d_train, d_eval, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(d_again, d_train, rtol=1e-6, atol=1e-12)
+    assert d_again is not d_train
+    mod.forward(pred, target)
+    np.testing.assert_allclose(mod.backward(3.0), 3 * d_eval, rtol=1e-6, atol=1e-12)
+    flat = nn.BCEWithLogitsLoss()  # (N,) logits come back in their own shape
+    flat.forward(pred[:, 0], target[:, 0])
+    assert flat.backward().shape == (16,)

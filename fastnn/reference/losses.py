@@ -40,3 +40,8 @@ def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
     w = 1 + (pos_weight - 1) * t
     sig_neg = 0.5 * (1 - np.tanh(0.5 * x))  # sigmoid(-x), overflow-free
     dlogits[...] = scale * ((1 - t) - w * sig_neg)
+
+
+def bce_logits_forward_backward(dlogits, losses, logits, target, pos_weight, scale):
+    bce_logits_forward(losses, logits, target, pos_weight)
+    bce_logits_backward(dlogits, logits, target, pos_weight, scale)
