@@ -31,3 +31,10 @@ def test_loss_backward(compare_and_time, randn, rng, case, kind):
     scale = 1.0 / pred.size
     compare_and_time(f"{kind}_backward", getattr(K, kind + "_backward"), getattr(R, kind + "_backward"),
                      {"dpred": np.empty_like(pred)}, (pred, target) + extra + (scale,))
+
+
+def test_bce_logits_forward_backward(compare_and_time, randn, rng, case):
+    pred, target, extra = _inputs(randn, rng, case, "bce_logits")
+    compare_and_time("bce_logits_forward_backward", K.bce_logits_forward_backward, R.bce_logits_forward_backward,
+                     {"dpred": np.empty_like(pred), "losses": np.empty(case.shape[0], np.float64)},
+                     (pred, target) + extra + (1.0 / pred.size,))
