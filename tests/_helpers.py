@@ -19,6 +19,7 @@ import copy
 import zlib
 
 import numpy as np
+import pytest
 
 DTYPES = (np.float32, np.float64)
 DTYPE_IDS = ("f32", "f64")
@@ -137,3 +138,22 @@ def numeric_grad(f, x, h=1e-6):
 def assert_grad_close(analytic, numeric, name, rtol=1e-5, atol=1e-7):
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol,
                                err_msg=f"{name}: analytic gradient != finite differences")
+
+
+def check_loss_hands_over_its_gradient(mod, inputs, rtol, atol):
+    """A loss module's training forward computes the gradient and the next
+    backward hands it over; after an eval forward, and for a second backward,
+    the backward recomputes it: the same values either way, scaled by dout.
+    Returns the gradient."""
+    loss_eval = mod.forward(*inputs, training=False)
+    d_eval = mod.backward()
+    loss_train = mod.forward(*inputs)
+    d_train = mod.backward()
+    d_again = mod.backward()
+    assert loss_train == pytest.approx(loss_eval, rel=1e-6)
+    np.testing.assert_allclose(d_train, d_eval, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(d_again, d_train, rtol=rtol, atol=atol)
+    assert d_again is not d_train  # the handed-over array is the caller's
+    mod.forward(*inputs)
+    np.testing.assert_allclose(mod.backward(2.5), 2.5 * d_eval, rtol=rtol, atol=atol)
+    return d_eval

@@ -8,7 +8,8 @@ import pytest
 from fastnn import functional as F
 from fastnn import nn
 
-from _helpers import DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, numeric_grad, randn, rng_for, run_both
+from _helpers import (DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, check_loss_hands_over_its_gradient,
+                      numeric_grad, randn, rng_for, run_both)
 
 KINDS = ("mse", "l1", "huber", "bce_logits")
 MODULES = {"mse": lambda **kw: nn.MSELoss(**kw), "l1": lambda **kw: nn.L1Loss(**kw),
@@ -197,17 +198,7 @@ def test_bce_module_training_and_eval_forwards_give_the_same_backward(backend):
     pred, target, kw = _inputs("bce_logits", (16, 7), np.float32)
     mod = nn.BCEWithLogitsLoss(**kw)
     mod.backend = backend
-    loss_eval = mod.forward(pred, target, training=False)
-    d_eval = mod.backward()
-    loss_train = mod.forward(pred, target)
-    d_train = mod.backward()
-    d_again = mod.backward()
-    assert loss_train == pytest.approx(loss_eval, rel=1e-6)
-    np.testing.assert_allclose(d_train, d_eval, rtol=1e-6, atol=1e-12)
-    np.testing.assert_allclose(d_again, d_train, rtol=1e-6, atol=1e-12)
-    assert d_again is not d_train
-    mod.forward(pred, target)
-    np.testing.assert_allclose(mod.backward(3.0), 3 * d_eval, rtol=1e-6, atol=1e-12)
+    check_loss_hands_over_its_gradient(mod, (pred, target), rtol=1e-6, atol=1e-12)
     flat = nn.BCEWithLogitsLoss()  # (N,) logits come back in their own shape
     flat.forward(pred[:, 0], target[:, 0])
     assert flat.backward().shape == (16,)

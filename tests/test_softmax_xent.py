@@ -12,7 +12,7 @@ from fastnn.kernels import softmax_xent as K
 from fastnn.reference import softmax_xent as R
 
 from _helpers import (BIG, DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, backends,
-                      numeric_grad, randn, rng_for, run_both)
+                      check_loss_hands_over_its_gradient, numeric_grad, randn, rng_for, run_both)
 
 
 def _inputs(shape, dtype, scale=3.0):
@@ -418,18 +418,8 @@ def test_module_training_and_eval_forwards_give_the_same_backward(backend, soft)
     target = np.eye(10, dtype=np.float32)[labels] if soft else labels
     mod = nn.SoftmaxCrossEntropy()
     mod.backend = backend
-    loss_eval = mod.forward(logits, target, training=False)
-    d_eval = mod.backward()
-    loss_train = mod.forward(logits, target)
-    d_train = mod.backward()
-    d_again = mod.backward()
-    assert loss_train == pytest.approx(loss_eval, rel=1e-6)
-    np.testing.assert_allclose(d_train, d_eval, rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(d_again, d_train, rtol=1e-5, atol=1e-9)
-    assert d_again is not d_train  # the handed-over array is the caller's
-    mod.forward(logits, target)
-    np.testing.assert_allclose(mod.backward(2.5), 2.5 * d_train, rtol=1e-6, atol=1e-9)
+    d = check_loss_hands_over_its_gradient(mod, (logits, target), rtol=1e-5, atol=1e-9)
     mod.forward(logits, target)
     with pytest.raises(TypeError, match="dout"):
         mod.backward("x")
-    np.testing.assert_allclose(mod.backward(), d_train, rtol=1e-5, atol=1e-9)  # still the forward's
+    np.testing.assert_allclose(mod.backward(), d, rtol=1e-5, atol=1e-9)  # still the forward's

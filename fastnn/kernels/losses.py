@@ -19,7 +19,7 @@ for the mean and 1 for the sum.
 import numpy as np
 from numba import prange
 
-from .._config import kernel, typed
+from .._config import jit_helper, kernel, typed
 from ._math import exp_nonpos, log1p_unit
 
 
@@ -86,17 +86,31 @@ def huber_backward(dpred, pred, target, delta, scale):
             dpred[i, j] = s * d
 
 
+@jit_helper
+def _bce_loss(x, t, w, e):
+    """One element's loss; e = exp(-|x|)."""
+    one = typed(x, 1.0)
+    return (one - t) * x + w * (log1p_unit(e) + max(-x, typed(x, 0.0)))
+
+
+@jit_helper
+def _bce_grad(x, t, w, e):
+    """One element's d(loss)/dx; e = exp(-|x|), so that sigmoid(-x) = 1 / (1 + e)
+    or e / (1 + e) never overflows."""
+    one = typed(x, 1.0)
+    sig_neg = one / (one + e) if x < 0 else e / (one + e)
+    return (one - t) - w * sig_neg
+
+
 @kernel
 def bce_logits_forward(losses, logits, target, pos_weight):
     one = typed(logits, 1.0)
-    zero = typed(logits, 0.0)
     for i in prange(logits.shape[0]):
         acc = 0.0
         for j in range(logits.shape[1]):
             x = logits[i, j]
             t = target[i, j]
-            w = one + (pos_weight[j] - one) * t
-            acc += (one - t) * x + w * (log1p_unit(exp_nonpos(-abs(x))) + max(-x, zero))
+            acc += _bce_loss(x, t, one + (pos_weight[j] - one) * t, exp_nonpos(-abs(x)))
         losses[i] = acc
 
 
@@ -108,11 +122,7 @@ def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
         for j in range(logits.shape[1]):
             x = logits[i, j]
             t = target[i, j]
-            w = one + (pos_weight[j] - one) * t
-            # sigmoid(-x) without overflow: e / (1 + e) with e = exp(-|x|)
-            e = exp_nonpos(-abs(x))
-            sig_neg = one / (one + e) if x < 0 else e / (one + e)
-            dlogits[i, j] = s * ((one - t) - w * sig_neg)
+            dlogits[i, j] = s * _bce_grad(x, t, one + (pos_weight[j] - one) * t, exp_nonpos(-abs(x)))
 
 
 @kernel
@@ -120,7 +130,6 @@ def bce_logits_forward_backward(dlogits, losses, logits, target, pos_weight, sca
     """``bce_logits_forward`` and ``bce_logits_backward`` in one pass: the
     logits and targets read once, exp(-|x|) computed once."""
     one = typed(logits, 1.0)
-    zero = typed(logits, 0.0)
     s = typed(logits, scale)
     for i in prange(logits.shape[0]):
         acc = 0.0
@@ -129,7 +138,6 @@ def bce_logits_forward_backward(dlogits, losses, logits, target, pos_weight, sca
             t = target[i, j]
             w = one + (pos_weight[j] - one) * t
             e = exp_nonpos(-abs(x))
-            acc += (one - t) * x + w * (log1p_unit(e) + max(-x, zero))
-            sig_neg = one / (one + e) if x < 0 else e / (one + e)
-            dlogits[i, j] = s * ((one - t) - w * sig_neg)
+            acc += _bce_loss(x, t, w, e)
+            dlogits[i, j] = s * _bce_grad(x, t, w, e)
         losses[i] = acc
