@@ -447,21 +447,7 @@ def pointwise_loss(kind, pred, target, *, reduction="mean", delta=1.0, pos_weigh
     ``"bce_logits"``) against same-shaped targets, reduced by ``"mean"`` (over
     all elements, as PyTorch) or ``"sum"``. Returns (loss, pred2, target2,
     delta, pos_weight): the checked (N, C) arrays to pass to the backward."""
-    args = _loss_args(kind, pred, target, reduction, delta, pos_weight)
-    pred2, target2, delta, pos_weight = args
-    losses = np.empty(len(pred2), np.float64)
-    mod = K_loss if _numba(backend) else R_loss
-    extra = (delta,) if kind == "huber" else (pos_weight,) if kind == "bce_logits" else ()
-    if _finite_maybe and _check_finite:
-        _finite(f"{kind}_forward", "received", pred=pred2, target=target2)
-    fwd = getattr(mod, kind + "_forward")
-    if mod is K_loss:
-        fwd(losses, pred2, target2, *extra, work=pred2.size)
-    else:
-        fwd(losses, pred2, target2, *extra)
-    loss = float(losses.sum())
-    if reduction == "mean":
-        loss /= pred2.size
+    loss, _, args = _pointwise_loss(kind, pred, target, reduction, delta, pos_weight, backend, grad=False)
     return (loss,) + args
 
 
@@ -469,21 +455,35 @@ def _bce_logits_loss_grad(pred, target, reduction, pos_weight, backend):
     """``pointwise_loss("bce_logits", ...)`` that also returns d(loss)/d(logits)
     of the checked (N, C) logits, computed in the same pass: (loss, d,
     pred2, target2, delta, pos_weight)."""
-    args = _loss_args("bce_logits", pred, target, reduction, 1.0, pos_weight)
-    pred2, target2, _, pos_weight = args
+    loss, d, args = _pointwise_loss("bce_logits", pred, target, reduction, 1.0, pos_weight, backend, grad=True)
+    return (loss, d) + args
+
+
+def _pointwise_loss(kind, pred, target, reduction, delta, pos_weight, backend, grad):
+    """(loss, d or None, checked args); with ``grad`` (``bce_logits`` only)
+    the gradient too, from ``<kind>_forward_backward`` in the same pass."""
+    args = _loss_args(kind, pred, target, reduction, delta, pos_weight)
+    pred2, target2, delta, pos_weight = args
     losses = np.empty(len(pred2), np.float64)
-    d = np.empty_like(pred2)
-    scale = 1.0 / pred2.size if reduction == "mean" else 1.0
+    mod = K_loss if _numba(backend) else R_loss
+    extra = (delta,) if kind == "huber" else (pos_weight,) if kind == "bce_logits" else ()
     if _finite_maybe and _check_finite:
-        _finite("bce_logits_forward", "received", pred=pred2, target=target2)
-    if _numba(backend):
-        K_loss.bce_logits_forward_backward(d, losses, pred2, target2, pos_weight, scale, work=pred2.size)
+        _finite(f"{kind}_forward", "received", pred=pred2, target=target2)
+    d = None
+    if grad:
+        d = np.empty_like(pred2)
+        fn, outputs = getattr(mod, kind + "_forward_backward"), (d, losses)
+        extra += (1.0 / pred2.size if reduction == "mean" else 1.0,)
     else:
-        R_loss.bce_logits_forward_backward(d, losses, pred2, target2, pos_weight, scale)
+        fn, outputs = getattr(mod, kind + "_forward"), (losses,)
+    if mod is K_loss:
+        fn(*outputs, pred2, target2, *extra, work=pred2.size)
+    else:
+        fn(*outputs, pred2, target2, *extra)
     loss = float(losses.sum())
     if reduction == "mean":
         loss /= pred2.size
-    return (loss, d) + args
+    return loss, d, args
 
 
 def _pointwise_backward(kind, pred2, target2, delta, pos_weight, scale, d, backend):
