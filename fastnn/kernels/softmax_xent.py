@@ -67,17 +67,24 @@ def _row_expsum(z, m):
 
 
 @jit_helper
+def _exp_row_into(d, z, m):
+    """d = exp(z - m) for one row; returns the sum, as ``_row_expsum``."""
+    s = typed(z, 0.0)
+    for j in range(z.shape[0]):
+        e = exp_nonpos(z[j] - m)
+        d[j] = e
+        s += e
+    return s
+
+
+@jit_helper
 def _softmax_row(p, z):
     """p = softmax(z) for one row; returns logsumexp(z) as float64.
 
     Three vectorised passes over a row that stays in L1: max, exp and its
     sum, scale."""
     m = _row_max(z)
-    s = typed(z, 0.0)
-    for j in range(z.shape[0]):
-        e = exp_nonpos(z[j] - m)
-        p[j] = e
-        s += e
+    s = _exp_row_into(p, z, m)
     inv = typed(p, 1.0 / s)
     for j in range(z.shape[0]):
         p[j] *= inv
@@ -182,17 +189,6 @@ def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
         inv = typed(logits, 1.0 / rowsum[i])
         for j in range(c):
             dlogits[i, j] = (exp_nonpos(logits[i, j] - m) * inv - targets[i, j]) * inv_n
-
-
-@jit_helper
-def _exp_row_into(d, z, m):
-    """d = exp(z - m) for one row; returns the sum, as ``_row_expsum``."""
-    s = typed(z, 0.0)
-    for j in range(z.shape[0]):
-        e = exp_nonpos(z[j] - m)
-        d[j] = e
-        s += e
-    return s
 
 
 @jit_helper
