@@ -254,15 +254,18 @@ def test_loss_and_grad_kernels_called_directly_match_reference(dtype):
 
 @pytest.mark.parametrize("targets", [False, True], ids=["labels", "targets"])
 def test_reference_grad_matches_finite_differences(targets):
+    """The grad reference and the one-pass loss-and-grad reference."""
     rng = rng_for("xent-lean-fd", targets)
     logits = rng.standard_normal((4, 6)) * 2
     if targets:
         y = rng.random((4, 6))
         y /= y.sum(axis=1, keepdims=True)
         loss_fn, grad_fn = R.softmax_xent_loss_targets, R.softmax_xent_grad_targets
+        both_fn = R.softmax_xent_loss_grad_targets
     else:
         y = np.array([0, 5, 2, 2])
         loss_fn, grad_fn = R.softmax_xent_loss_labels, R.softmax_xent_grad_labels
+        both_fn = R.softmax_xent_loss_grad_labels
     rowmax, rowsum, losses = np.empty(4), np.empty(4), np.empty(4)
 
     def loss():
@@ -272,7 +275,10 @@ def test_reference_grad_matches_finite_differences(targets):
     loss()
     d = np.empty_like(logits)
     grad_fn(d, logits, rowmax.copy(), rowsum.copy(), y)
-    assert_grad_close(d, numeric_grad(loss, logits), "dlogits")
+    numeric = numeric_grad(loss, logits)
+    assert_grad_close(d, numeric, "dlogits")
+    both_fn(d, np.empty(4), np.empty(4), np.empty(4), logits, y)
+    assert_grad_close(d, numeric, "dlogits (loss_grad)")
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
@@ -360,27 +366,6 @@ def test_loss_grad_kernels_called_directly_match_reference(dtype):
         run_both(k, r, lambda: (np.empty((n, c), dtype), np.empty(n, dtype), np.empty(n, dtype),
                                 np.empty(n, dtype), logits, target),
                  names=["dlogits", "rowmax", "rowsum", "losses"], n_out=4)
-
-
-@pytest.mark.parametrize("targets", [False, True], ids=["labels", "targets"])
-def test_reference_loss_grad_matches_finite_differences(targets):
-    rng = rng_for("xent-lg-fd", targets)
-    logits = rng.standard_normal((4, 6)) * 2
-    if targets:
-        y = rng.random((4, 6))
-        y /= y.sum(axis=1, keepdims=True)
-        fn = R.softmax_xent_loss_grad_targets
-    else:
-        y = np.array([0, 5, 2, 2])
-        fn = R.softmax_xent_loss_grad_labels
-    d, rowmax, rowsum, losses = np.empty_like(logits), np.empty(4), np.empty(4), np.empty(4)
-
-    def loss():
-        fn(np.empty_like(logits), rowmax, rowsum, losses, logits, y)
-        return float(losses.mean())
-
-    fn(d, rowmax, rowsum, losses, logits, y)
-    assert_grad_close(d, numeric_grad(loss, logits), "dlogits")
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
