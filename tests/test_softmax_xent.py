@@ -408,3 +408,78 @@ def test_module_training_and_eval_forwards_give_the_same_backward(backend, soft)
     with pytest.raises(TypeError, match="dout"):
         mod.backward("x")
     np.testing.assert_allclose(mod.backward(), d, rtol=1e-5, atol=1e-9)  # still the forward's
+
+
+def _max_rows(dtype):
+    """Rows whose max sits at the start, at the end, past a vector tail, among
+    negatives only, at +-0.0, at +-inf, among subnormals; lengths 1 to 37."""
+    finfo = np.finfo(dtype)
+    rng = rng_for("rowmax", np.dtype(dtype).name)
+    rows = [np.array([-2.5], dtype), np.array([finfo.max, 0, -finfo.max], dtype),
+            np.array([-0.0, 0.0, -0.0], dtype), np.array([-0.0, -0.0], dtype),
+            np.array([-np.inf, -1e30, -np.inf], dtype), np.array([1.0, np.inf, 2.0], dtype),
+            np.array([-finfo.smallest_subnormal, finfo.smallest_subnormal, -0.0], dtype),
+            -np.arange(1, 38, dtype=dtype), np.arange(37, dtype=dtype) - 100]
+    rows += [randn(rng, (n,), dtype, 3.0) - 10 for n in (2, 7, 15, 16, 17, 31, 33)]
+    return rows
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_row_max_is_the_rows_max(dtype):
+    """The loss kernels' rowmax (a max over kernels._math.ordered_key) is
+    np.max of each row, +0.0 where +0.0 and -0.0 tie."""
+    for row in _max_rows(dtype):
+        logits = row[None, :]
+        for run in (K.softmax_xent_loss_labels.serial, K.softmax_xent_loss_labels.parallel):
+            rowmax, rowsum, losses = np.empty(1, dtype), np.empty(1, dtype), np.empty(1)
+            with np.errstate(invalid="ignore"):
+                run(rowmax, rowsum, losses, logits, np.array([0]))
+            assert rowmax[0] == row.max(), row
+            if rowmax[0] == 0:
+                assert np.signbit(rowmax[0]) == np.signbit(row).all(), row
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_a_nan_logit_makes_its_row_nan_and_leaves_the_others(dtype):
+    """A NaN of either sign (the key puts one above +inf, the other below
+    -inf) gives its row a NaN loss and gradient; the other rows are unchanged."""
+    logits, labels = _inputs((4, 19), dtype)
+    nans = logits.copy()
+    nans[1, 5] = np.nan
+    nans[2, 17] = -np.nan
+    assert not np.signbit(nans[1, 5]) and np.signbit(nans[2, 17])
+    n, c = logits.shape
+    for run in (K.softmax_xent_loss_grad_labels.serial, K.softmax_xent_loss_grad_labels.parallel):
+        outs = []
+        for z in (logits, nans):
+            d, rowmax, rowsum, losses = np.empty((n, c), dtype), np.empty(n, dtype), np.empty(n, dtype), np.empty(n)
+            with np.errstate(invalid="ignore"):
+                run(d, rowmax, rowsum, losses, z, labels)
+            outs.append((d, losses))
+        (d, losses), (d_nan, losses_nan) = outs
+        assert np.isnan(losses_nan[1:3]).all() and np.isnan(d_nan[1:3]).all()
+        np.testing.assert_array_equal(losses_nan[[0, 3]], losses[[0, 3]])
+        np.testing.assert_array_equal(d_nan[[0, 3]], d[[0, 3]])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_ordered_key_orders_as_the_floats_and_inverts(dtype):
+    """kernels._math.ordered_key: integer order is float order (-0.0 just below
+    +0.0), and from_ordered_key gives back the same bits."""
+    from numba import njit
+
+    from fastnn.kernels._math import from_ordered_key, ordered_key
+
+    @njit
+    def keys_and_back(k, back, x):
+        for i in range(x.shape[0]):
+            k[i] = ordered_key(x[i])
+            back[i] = from_ordered_key(k[i])
+
+    finfo = np.finfo(dtype)
+    x = np.array([-np.inf, -finfo.max, -1.5, -1.0, -finfo.tiny, -finfo.smallest_subnormal, -0.0, 0.0,
+                  finfo.smallest_subnormal, finfo.tiny, 1.0, 1.5, finfo.max, np.inf], dtype)
+    k, back = np.empty(len(x), np.int32 if dtype == np.float32 else np.int64), np.empty_like(x)
+    keys_and_back(k, back, x)
+    assert (np.diff(k) > 0).all()
+    np.testing.assert_array_equal(back.view(k.dtype), x.view(k.dtype))
