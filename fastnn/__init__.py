@@ -2,6 +2,7 @@
 
 from . import _config  # noqa: F401  (threading setup must come first)
 from ._config import get_num_threads, set_num_threads, threading_info
+from ._memory import output_pool_info, set_output_pool_limit
 from .functional import check_finite, get_backend, set_backend, set_check_finite, use_backend
 from .init import manual_seed
 from . import functional, init, nn  # noqa: E402
@@ -20,6 +21,6 @@ __all__ = [
     "callbacks", "lr_scheduler", "metrics", "predict_proba",
     "set_backend", "get_backend", "use_backend",
     "set_check_finite", "check_finite", "manual_seed",
-    "set_num_threads", "get_num_threads", "threading_info",
+    "set_num_threads", "get_num_threads", "threading_info", "set_output_pool_limit", "output_pool_info",
     "onnx", "to_torch", "from_torch",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _memory
 from . import functional as F
 from .kernels import linear_act as _K_la
 
@@ -88,7 +89,7 @@ def eval_forward(model, x):
         if x.shape[1] != layer.in_features:  # widths that do not chain: the layer path's error
             raise ValueError(f"x must have shape (N, {layer.in_features}) for {layer!r}, got {x.shape}")
         if not reuse[k]:
-            y = np.empty((n, layer.out_features), dt)  # may leave the model: a fresh array
+            y = _memory.empty((n, layer.out_features), dt)  # may leave the model: a fresh array
         else:
             y = buffers.get((k, n))
             if y is None or y.dtype != dt:

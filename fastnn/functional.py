@@ -18,6 +18,7 @@ import threading
 
 import numpy as np
 
+from . import _memory
 from . import _validate as V
 from .kernels import activations as K_act
 from .kernels import batchnorm as K_bn
@@ -152,7 +153,7 @@ def _new(out, name, shape, dtype, apart=()):
     (name, array) pairs it must not overlap, arrays the kernel still reads
     after it starts writing ``out`` (or other outputs)."""
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        return _memory.empty(shape, dtype)
     out = V.out_array(name, out, shape, dtype)
     for other_name, other in apart:
         if other is not None and np.may_share_memory(out, other):
@@ -200,7 +201,7 @@ def linear_backward(dy, x, W, *, dW=None, db=None, need_dx=True, has_bias=True, 
         raise ValueError(f"dy must have shape {(n, h)} (the layer's output), got {dy.shape}")
     dW = _new(dW, "dW", W.shape, W.dtype, apart=(("W", W), ("x", x), ("dy", dy)))
     db = _new(db, "db", (h,), W.dtype, apart=(("W", W), ("x", x), ("dy", dy), ("dW", dW))) if has_bias else None
-    dx = np.empty(x.shape, W.dtype) if need_dx else None
+    dx = _memory.empty(x.shape, W.dtype) if need_dx else None
     if _finite_maybe and _check_finite:
         _finite("linear_backward", "received", dy=dy)
     (K_lin if _numba(backend) else R_lin).linear_backward(dx, dW, db, dy, x, W)
@@ -471,7 +472,7 @@ def _pointwise_loss(kind, pred, target, reduction, delta, pos_weight, backend, g
         _finite(f"{kind}_forward", "received", pred=pred2, target=target2)
     d = None
     if grad:
-        d = np.empty_like(pred2)
+        d = _memory.empty(pred2.shape, pred2.dtype)
         fn, outputs = getattr(mod, kind + "_forward_backward"), (d, losses)
         extra += (1.0 / pred2.size if reduction == "mean" else 1.0,)
     else:
@@ -615,7 +616,7 @@ def batchnorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     reads = (("gamma", gamma), ("dy", dy), ("x", x), ("mean", mean), ("rstd", rstd))
     dgamma = _new(dgamma, "dgamma", (d,), x.dtype, apart=reads)
     dbeta = _new(dbeta, "dbeta", (d,), x.dtype, apart=reads + (("dgamma", dgamma),))
-    dx = np.empty_like(x)
+    dx = _memory.empty(x.shape, x.dtype)
     if _finite_maybe and _check_finite:
         _finite("batchnorm_backward", "received", dy=dy)
     if _numba(backend):
@@ -674,7 +675,7 @@ def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
     reads = (("gamma", gamma), ("dy", dy), ("x", x), ("mean", mean), ("rstd", rstd))
     dgamma = _new(dgamma, "dgamma", (d,), x.dtype, apart=reads)
     dbeta = _new(dbeta, "dbeta", (d,), x.dtype, apart=reads + (("dgamma", dgamma),))
-    dx = np.empty_like(x)
+    dx = _memory.empty(x.shape, x.dtype)
     args = (dx.reshape(-1, d), dgamma, dbeta, dy.reshape(-1, d), x.reshape(-1, d), mean, rstd, gamma)
     if _finite_maybe and _check_finite:
         _finite("layernorm_backward", "received", dy=dy)

@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _config
 from . import _inference
+from . import _memory
 from ._memory import zeros_at_same_page_offset
 from . import _step
 from . import _validate as V
@@ -815,7 +816,7 @@ class SoftmaxCrossEntropy(Module):
         scale = None if dout is None else V.real("dout", dout)
         d, self._grad = self._grad, None  # the caller owns it from here: never handed out twice
         if d is None:
-            d = np.empty_like(logits)
+            d = _memory.empty(logits.shape, logits.dtype)
             F._xent_run("grad", (d,), (logits, *self._stats), self._target, self._backend)
         if scale is not None:
             d *= scale
@@ -879,7 +880,7 @@ class _LinearActBlock:
             raise ValueError(f"x must have shape (N, {lin.in_features}) for {lin!r}, got {x.shape}")
         y, z, mask, _, _ = self._buffers(x.shape[0], dt)
         if not reuse_out:  # the output leaves the Sequential: never overwrite it later
-            y = np.empty_like(y)
+            y = _memory.empty(y.shape, y.dtype)
         drop = self.drop
         if drop is not None and drop.p > 0 and drop._is_training(training):
             step = np.uint64(drop._next_step())
@@ -916,7 +917,7 @@ class _LinearActBlock:
         if not need_dx:
             dx = None
         elif not reuse_dx:  # returned to the caller: a fresh array
-            dx = np.empty_like(dx)
+            dx = _memory.empty(dx.shape, dx.dtype)
         args = (dx, W.grad, b.grad, dz, dy, x, _plain(W), y, z, mask,
                 self.code, self.alpha, scale)
         if F._finite_maybe and F._check_finite:
@@ -1193,7 +1194,7 @@ class _PointwiseLoss(Module):
             scale = 1.0 / p2.size if self.reduction == "mean" else 1.0
             if factor is not None:
                 scale *= factor
-            d = F._pointwise_backward(self.kind, p2, t2, delta, pw, scale, np.empty_like(p2), self._backend)
+            d = F._pointwise_backward(self.kind, p2, t2, delta, pw, scale, _memory.empty(p2.shape, p2.dtype), self._backend)
         elif factor is not None:
             d *= factor
         return d.reshape(shape)
