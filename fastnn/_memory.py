@@ -43,20 +43,28 @@ def zeros_at_same_page_offset(a: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- output pool
 
-POOL_MIN_BYTES = 4 << 20
+# glibc serves smaller blocks from its heap again without new faults (its
+# mmap threshold grows with the largest block freed, up to 32 MiB); from
+# 32 MiB on every array is mmapped and faulted in anew. Pooling 16 MiB
+# outputs as well cost Dropout, BatchNorm and softmax-CE 2-3% at (4096,
+# 1024) float32 (alternating processes, eight pairs), so the pool starts here.
+POOL_MIN_BYTES = 32 << 20
+# Where glibc puts such a block in its page: pooled outputs start where
+# fresh ones did (a softmax-CE output at the page offset of its input ran
+# 10% slower than at 2 KiB from it: the rows alias in the store buffer;
+# fresh 32 MiB arrays had the same offset as their inputs too).
+POOL_PAGE_OFFSET = 16
 DEFAULT_POOL_IDLE_BYTES = 256 << 20
 
 
 class OutputPool:
-    """Large output arrays (``POOL_MIN_BYTES`` and up) whose memory is used
-    again once every view of them is gone.
+    """Large output arrays (``min_bytes`` and up, ``POOL_MIN_BYTES`` for
+    fastnn's) whose memory is used again once every view of them is gone.
 
     A fresh array of 32 MiB or more is ``mmap``ed by glibc and faulted in,
     a page at a time, on its first write, every call: a (4096, 1024)
     float64 ReLU forward + backward spent more time faulting its two
-    outputs than computing them. Smaller arrays suffer the same when glibc
-    gives the freed top of its heap back to the system, which happens when
-    a caller holds one output while the next is allocated. Here each output
+    outputs than computing them. Here each output
     is a view of a block that stays mapped: the array's memory is exported
     by a small ctypes object that every view of the array keeps alive (its
     ``base`` chain), and when that object dies the block goes back to the
@@ -64,7 +72,8 @@ class OutputPool:
     ``max_idle_bytes`` are freed, least recently returned first; 0 turns
     the pool off (plain ``np.empty``)."""
 
-    def __init__(self, max_idle_bytes: int = DEFAULT_POOL_IDLE_BYTES):
+    def __init__(self, max_idle_bytes: int = DEFAULT_POOL_IDLE_BYTES, min_bytes: int = POOL_MIN_BYTES):
+        self.min_bytes = int(min_bytes)
         self._idle: dict[int, collections.deque] = {}  # nbytes -> (seq, block), oldest first
         self._idle_bytes = 0
         self._seq = 0
@@ -78,7 +87,7 @@ class OutputPool:
         """An uninitialised C-contiguous array, as ``np.empty(shape, dtype)``."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize  # shape: a tuple of ints
-        if nbytes < POOL_MIN_BYTES or self.max_idle_bytes <= 0 or dtype.hasobject:
+        if nbytes < self.min_bytes or self.max_idle_bytes <= 0 or dtype.hasobject:
             return np.empty(shape, dtype)
         block = None
         with self._lock:
@@ -90,8 +99,9 @@ class OutputPool:
             else:
                 self.allocated += 1
         if block is None:
-            block = np.empty(nbytes, np.uint8)
-        lease = (ctypes.c_char * nbytes).from_address(block.ctypes.data)
+            block = np.empty(nbytes + PAGE, np.uint8)
+        start = block.ctypes.data + (POOL_PAGE_OFFSET - block.ctypes.data) % PAGE
+        lease = (ctypes.c_char * nbytes).from_address(start)
         weakref.finalize(lease, self._give_back, nbytes, block).atexit = False
         return np.frombuffer(lease, dtype).reshape(shape)
 
@@ -146,7 +156,7 @@ os.register_at_fork(after_in_child=OUTPUT_POOL._after_fork_in_child)
 def empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` (C order), from the output pool at
     ``POOL_MIN_BYTES`` and up. ``dtype`` must be an ``np.dtype``: the size
-    check comes first, so that small outputs pay ~0.1 us for it."""
+    check comes first, so that smaller outputs pay ~0.1 us for it."""
     if math.prod(shape) * dtype.itemsize < POOL_MIN_BYTES:
         return np.empty(shape, dtype)
     return OUTPUT_POOL.empty(shape, dtype)
@@ -154,7 +164,7 @@ def empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
 
 def set_output_pool_limit(max_idle_bytes: int) -> None:
     """The most memory fastnn keeps for reuse by its large outputs (forward
-    outputs, input gradients, masks of 4 MiB and up) once the arrays it gave
+    outputs, input gradients, masks of 32 MiB and up) once the arrays it gave
     out are gone; the least recently freed blocks beyond it go back to the
     C allocator. Default 256 MiB (``FASTNN_OUTPUT_POOL_MB`` at import); 0
     turns the pool off: every output is a fresh ``np.empty``."""

@@ -2,7 +2,11 @@
 never the memory of a live array or of a view of one."""
 
 import gc
+import os
+import signal
 import threading
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -12,8 +16,9 @@ from fastnn import _memory
 from fastnn import functional as F
 from fastnn import nn
 
-BIG = (1024, 1024)  # 8 MiB in float64: pooled
-SMALL = (64, 256)
+BIG = (4096, 1024)  # 32 MiB in float64: pooled
+SMALL = (1024, 1024)  # 8 MiB: not pooled
+MIB = 1 << 20
 
 
 @pytest.fixture
@@ -25,6 +30,12 @@ def pool():
         yield _memory.OUTPUT_POOL
     finally:
         _memory.OUTPUT_POOL = old
+
+
+@pytest.fixture
+def small_pool():
+    """A pool of its own from 1 MiB up, for tests of its bookkeeping."""
+    return _memory.OutputPool(min_bytes=MIB)
 
 
 def _x(shape=BIG, dtype=np.float64, seed=0):
@@ -71,13 +82,14 @@ def test_live_outputs_never_share_memory(pool):
 
 
 def test_pooled_outputs_are_ordinary_arrays(pool):
-    a = _memory.empty(BIG, np.dtype(np.float32))
-    assert type(a) is np.ndarray and a.shape == BIG and a.dtype == np.float32
+    a = _memory.empty(BIG, np.dtype(np.float64))
+    assert type(a) is np.ndarray and a.shape == BIG and a.dtype == np.float64
     assert a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
+    assert a.ctypes.data % _memory.PAGE == _memory.POOL_PAGE_OFFSET
     a[...] = 1.5
     del a
-    b = _memory.empty((2 * BIG[0], BIG[1]), np.dtype(np.uint16))  # same bytes, another dtype
-    assert b.shape == (2 * BIG[0], BIG[1]) and b.dtype == np.uint16
+    b = _memory.empty((4 * BIG[0], BIG[1]), np.dtype(np.uint16))  # same bytes, another dtype
+    assert b.shape == (4 * BIG[0], BIG[1]) and b.dtype == np.uint16
     assert pool.info()["reused"] == 1
 
 
@@ -88,9 +100,10 @@ def test_small_outputs_bypass_the_pool(pool):
     assert pool.info() == {**pool.info(), "idle_blocks": 0, "reused": 0, "allocated": 0}
 
 
-def test_idle_memory_stays_within_the_limit_least_recent_freed_first(pool):
+def test_idle_memory_stays_within_the_limit_least_recent_freed_first(small_pool):
+    pool = small_pool
     pool.set_max_idle_bytes(3 * 8 << 20)
-    arrays = [_memory.empty((1024, 1024 + k), np.dtype(np.float64)) for k in range(5)]
+    arrays = [pool.empty((1024, 1024 + k), np.dtype(np.float64)) for k in range(5)]
     sizes = [a.nbytes for a in arrays]
     for k in (4, 0, 2, 1, 3):  # freed in this order
         arrays[k] = None
@@ -130,7 +143,7 @@ def test_a_bad_limit_in_the_environment_is_named(monkeypatch, text):
         _memory._idle_limit_from_environment()
 
 
-def test_threads_allocating_and_freeing_never_share_a_live_block(pool):
+def test_threads_allocating_and_freeing_never_share_a_live_block(small_pool):
     """Each thread fills its array with its own value and checks it after the
     others had time to allocate: a block handed out twice would show."""
     errors = []
@@ -138,9 +151,9 @@ def test_threads_allocating_and_freeing_never_share_a_live_block(pool):
     def work(tag):
         try:
             for _ in range(30):
-                a = pool.empty((512, 2048 + tag), np.dtype(np.float64) if tag % 2 else np.dtype(np.float32))
+                a = pool.empty((256, 1024 + tag), np.dtype(np.float64) if tag % 2 else np.dtype(np.float32))
                 a.fill(tag)
-                b = pool.empty((512, 2048), np.dtype(np.float64))
+                b = pool.empty((256, 1024), np.dtype(np.float64))
                 b.fill(-tag)
                 if not ((a == tag).all() and (b == -tag).all()):
                     errors.append(tag)
@@ -148,6 +161,7 @@ def test_threads_allocating_and_freeing_never_share_a_live_block(pool):
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(repr(exc))
 
+    pool = small_pool
     threads = [threading.Thread(target=work, args=(t,)) for t in range(1, 5)]
     for t in threads:
         t.start()
@@ -170,3 +184,43 @@ def test_module_outputs_held_together_are_distinct_and_right(pool):
         np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
     assert pool.info()["reused"] > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_another_thread_holds_the_lock_can_allocate():
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _memory.OUTPUT_POOL._lock:
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(30)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking a threaded process
+            pid = os.fork()
+        if pid == 0:  # the child: the holder thread does not exist here
+            code = 1
+            try:
+                a = _memory.empty(BIG, np.dtype(np.float64))
+                a.fill(2.0)
+                code = 0 if a.sum() == 2.0 * a.size else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 60
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked child hung on the pool's lock")
+            time.sleep(0.05)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        t.join()
