@@ -387,6 +387,7 @@ def setup(comm, model, optimizer, params, seed, **settings):
 
 
 _ACTIVE = {}  # id(model) -> its DataParallel while fit runs
+ABORT_GRACE_S = 0.5  # seconds between a failed rank's message and its abort
 
 
 class RefusedError(ValueError):
@@ -413,12 +414,17 @@ def abort_on_error(fn):
             return fn(*args, comm=comm, **kwargs)
         except RefusedError:
             raise
-        except BaseException:
-            sys.stderr.write(f"fastnn: rank {comm.Get_rank()} of {comm.Get_size()} failed; "
-                             f"aborting all ranks\n")
-            traceback.print_exc()
-            sys.stderr.flush()
+        except BaseException as exc:
+            # One write, the error named in its first line, and a moment before
+            # the abort: mpiexec forwards a rank's output asynchronously and
+            # stops when the job is aborted, which once cut the traceback off
+            # after the first line.
             sys.stdout.flush()
+            sys.stderr.write(f"fastnn: rank {comm.Get_rank()} of {comm.Get_size()} failed "
+                             f"({type(exc).__name__}: {exc}); aborting all ranks\n"
+                             + traceback.format_exc())
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)
             comm.Abort(1)
             os._exit(1)  # in case Abort returns: never go on to a collective that would hang
         finally:
