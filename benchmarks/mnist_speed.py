@@ -193,7 +193,7 @@ def blas_info():
         from threadpoolctl import threadpool_info
     except ImportError:
         return None
-    return [{k: d.get(k) for k in ("internal_api", "num_threads", "version")}
+    return [{k: d.get(k) for k in ("internal_api", "num_threads", "version", "architecture")}
             for d in threadpool_info() if d.get("user_api") == "blas"]
 
 
@@ -630,6 +630,9 @@ def main(argv=None):
               f"fastest): the machine's speed moved during the run; compare the best columns, or run again")
     if missing:
         print(f"not measured (not importable): {', '.join(missing)}")
+    notes = {(r.get("threading") or {}).get("blas_note") for rs in per_round.values() for r in rs} - {None}
+    for note in sorted(notes):  # from the fastnn workers: the floor's and fastnn's BLAS
+        print(f"note: {note}")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         machine = {"python": platform.python_version(), "platform": platform.platform(),

@@ -403,8 +403,12 @@ def get_num_threads() -> int:
 
 
 def threading_info() -> dict:
-    """Which threading layer and thread counts are in use (for reports)."""
+    """Which threading layer and thread counts are in use (for reports);
+    ``blas_note``: advice when NumPy's OpenBLAS runs kernels without AVX-512
+    on a CPU that has it (``fastnn._blas.core_type_note``), else None."""
     from threadpoolctl import threadpool_info
+
+    from ._blas import core_type_note
 
     try:
         layer = numba.threading_layer()
@@ -414,10 +418,12 @@ def threading_info() -> dict:
         "numba_threading_layer": layer,
         "numba_num_threads": numba.get_num_threads(),
         "blas": [
-            {k: d.get(k) for k in ("internal_api", "num_threads", "version", "threading_layer")}
+            {k: d.get(k) for k in ("internal_api", "num_threads", "version", "threading_layer",
+                                   "architecture")}
             for d in threadpool_info()
             if d.get("user_api") == "blas"
         ],
+        "blas_note": core_type_note(),
         "parallel_min_work": PARALLEL_MIN_WORK,
         "step_parallel_min_work": STEP_PARALLEL_MIN_WORK,
     }

@@ -344,3 +344,32 @@ def test_monitor_checks_directly():
         C.Monitor(5)
     with pytest.raises(ValueError, match="min_delta"):
         C.Monitor("loss", min_delta=math.nan)
+
+
+AVX512 = {"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+@pytest.mark.parametrize("arch, flags, core", [
+    ("Haswell", AVX512, "SkylakeX"),
+    ("Zen", AVX512 | {"avx512_bf16"}, "Cooperlake"),
+    ("Haswell", {"avx2", "avx512f"}, None),  # not the AVX-512 subsets the kernels need
+    ("SkylakeX", AVX512, None),
+    ("COOPERLAKE", AVX512 | {"avx512_bf16"}, None),
+    ("Haswell", {"avx2", "fma"}, None),
+])
+def test_core_type_note_names_the_avx512_kernels_only_where_they_apply(arch, flags, core):
+    from fastnn._blas import core_type_note
+
+    note = core_type_note([{"internal_api": "openblas", "architecture": arch}], flags)
+    if core is None:
+        assert note is None
+    else:
+        assert f"OPENBLAS_CORETYPE={core}" in note and arch in note
+
+
+def test_core_type_note_ignores_other_blas_libraries():
+    from fastnn._blas import core_type_note
+
+    assert core_type_note([{"internal_api": "mkl", "architecture": None}], AVX512) is None
+    assert core_type_note([], AVX512) is None
+    assert "blas_note" in fastnn.threading_info()
