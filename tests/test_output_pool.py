@@ -224,3 +224,31 @@ def test_a_child_forked_while_another_thread_holds_the_lock_can_allocate():
     finally:
         release.set()
         t.join()
+
+
+def test_pooled_outputs_pickle_copy_and_save_as_arrays(pool, tmp_path):
+    import copy
+    import pickle
+
+    a = _memory.empty(BIG, np.dtype(np.float64))
+    a[...] = np.arange(BIG[1])
+    for b in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
+        np.testing.assert_array_equal(b, a)
+        assert not np.may_share_memory(a, b)
+    np.save(tmp_path / "a.npy", a)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), a)
+    with pytest.raises(ValueError):
+        a.resize((10,))  # it does not own its memory (README, Guarantees)
+
+
+def test_an_array_exported_to_another_library_keeps_its_block(pool):
+    """A consumer of the buffer protocol (here a memoryview; torch.from_numpy
+    holds the array the same way) keeps the block out of the pool."""
+    a = F.relu(_x())
+    view = memoryview(a)
+    del a
+    gc.collect()
+    assert pool.info()["idle_blocks"] == 0
+    view.release()
+    del view
+    assert pool.info()["idle_blocks"] == 1
