@@ -7,8 +7,9 @@ backward. Element ``i`` is kept when the top 24 bits of
 ``(key_lo, key_hi)`` are the two halves of a 64-bit mix of (seed, step)
 (``dropout_key``; seed and step are uint64). ``hash32`` is the "lowbias32"
 integer finaliser: 32-bit multiplies vectorise (a 64-bit hash per element
-ran 10x slower), in 32-bit lanes when written as LLVM IR (``_kept32``). XOR-ing ``key_hi`` after the hash keeps two steps' masks
-from being index permutations of one another. Same (seed, step), same mask,
+ran 10x slower), in 32-bit lanes as LLVM IR (``_kept32``). XOR-ing
+``key_hi`` after the hash keeps two steps' masks from being index
+permutations of one another. Same (seed, step), same mask,
 for any thread count, in numba and NumPy alike (numba's own RNG is per
 thread under ``parallel=True``).
 Kept elements are scaled by ``scale = 1 / (1 - p)``. ``offset`` is the
