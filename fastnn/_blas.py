@@ -89,10 +89,10 @@ def functions():
 
 
 # OpenBLAS core types whose kernels use AVX-512, and the one to suggest for a
-# CPU with the AVX-512 flags it needs (most specific first).
+# CPU with the AVX-512 subsets its kernels need (NumPy's OpenBLAS build maps
+# Cooperlake and SapphireRapids to SkylakeX).
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
-_SUGGEST = (("Cooperlake", ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")),
-            ("SkylakeX", ("avx512f", "avx512bw", "avx512vl", "avx512dq")))
+_SUGGEST = (("SkylakeX", ("avx512f", "avx512bw", "avx512vl", "avx512dq")),)
 
 
 def _cpu_flags() -> set:
