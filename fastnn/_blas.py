@@ -88,11 +88,10 @@ def functions():
     return FUNCTIONS
 
 
-# OpenBLAS core types whose kernels use AVX-512, and the one to suggest for a
-# CPU with the AVX-512 subsets its kernels need (NumPy's OpenBLAS build maps
-# Cooperlake and SapphireRapids to SkylakeX).
+# OpenBLAS core types whose kernels use AVX-512 (NumPy's OpenBLAS build maps
+# Cooperlake and SapphireRapids to SkylakeX), and the CPU flags SkylakeX's need.
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids")
-_SUGGEST = (("SkylakeX", ("avx512f", "avx512bw", "avx512vl", "avx512dq")),)
+_SKYLAKEX_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
 
 
 def _cpu_flags() -> set:
@@ -109,9 +108,9 @@ def _cpu_flags() -> set:
 def core_type_note(blas: list | None = None, cpu_flags: set | None = None) -> str | None:
     """A note when NumPy's OpenBLAS runs kernels without AVX-512 on a CPU
     that has it, else None. OpenBLAS picks its kernels from the CPU's
-    identity at load; in a VM whose CPUID hides the model (the development
-    machine: an AMD EPYC with AVX-512 under Firecracker) it fell back to its
-    Haswell kernels, and ``OPENBLAS_CORETYPE=SkylakeX`` made the seed
+    identity at load; on the development machine (an AMD EPYC with AVX-512,
+    a Firecracker guest) it chose its Haswell kernels, and
+    ``OPENBLAS_CORETYPE=SkylakeX`` made the seed
     network's products 1.8x faster. fastnn does not set it: the variable
     must be in the environment before NumPy loads OpenBLAS, and it changes
     NumPy's products for the whole process. ``blas``: threadpoolctl's
@@ -124,13 +123,12 @@ def core_type_note(blas: list | None = None, cpu_flags: set | None = None) -> st
             return None
         blas = [d for d in threadpool_info() if d.get("user_api") == "blas"]
     flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    if not all(f in flags for f in _SKYLAKEX_FLAGS):
+        return None
     for entry in blas:
         arch = str(entry.get("architecture") or "")
-        if entry.get("internal_api") != "openblas" or not arch or arch.lower() in _AVX512_CORES:
-            continue
-        for core, needs in _SUGGEST:
-            if all(f in flags for f in needs):
-                return (f"OpenBLAS runs its {arch} kernels on a CPU with AVX-512: setting "
-                        f"OPENBLAS_CORETYPE={core} before NumPy is imported may make its "
-                        f"matrix products faster (it selects the kernels for the whole process)")
+        if entry.get("internal_api") == "openblas" and arch and arch.lower() not in _AVX512_CORES:
+            return (f"OpenBLAS runs its {arch} kernels on a CPU with AVX-512: setting "
+                    f"OPENBLAS_CORETYPE=SkylakeX before NumPy is imported may make its "
+                    f"matrix products faster (it selects the kernels for the whole process)")
     return None

@@ -414,16 +414,16 @@ def threading_info() -> dict:
         layer = numba.threading_layer()
     except ValueError:
         layer = "not started (first parallel kernel not run yet)"
+    blas = [d for d in threadpool_info() if d.get("user_api") == "blas"]
     return {
         "numba_threading_layer": layer,
         "numba_num_threads": numba.get_num_threads(),
         "blas": [
             {k: d.get(k) for k in ("internal_api", "num_threads", "version", "threading_layer",
                                    "architecture")}
-            for d in threadpool_info()
-            if d.get("user_api") == "blas"
+            for d in blas
         ],
-        "blas_note": core_type_note(),
+        "blas_note": core_type_note(blas),
         "parallel_min_work": PARALLEL_MIN_WORK,
         "step_parallel_min_work": STEP_PARALLEL_MIN_WORK,
     }

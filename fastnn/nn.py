@@ -27,7 +27,6 @@ import numpy as np
 from . import _config
 from . import _inference
 from . import _memory
-from ._memory import zeros_at_same_page_offset
 from . import _step
 from . import _validate as V
 from . import functional as F
@@ -49,7 +48,7 @@ class Parameter(np.ndarray):
     def __new__(cls, data, dtype=None):
         arr = np.array(data, dtype=dtype, order="C", copy=True)
         obj = arr.view(cls)
-        obj.grad = zeros_at_same_page_offset(arr)
+        obj.grad = _memory.zeros_at_same_page_offset(arr)
         return obj
 
     def __array_finalize__(self, obj):
@@ -284,7 +283,7 @@ class Module:
         for name, p in self.named_parameters():
             g = p.grad
             if g is None:
-                p.grad = zeros_at_same_page_offset(p)
+                p.grad = _memory.zeros_at_same_page_offset(p)
             elif isinstance(g, np.ndarray) and g.shape == p.shape and g.dtype == p.dtype:
                 g.fill(0)
             else:
