@@ -31,3 +31,10 @@ def test_dropout_backward(compare_and_time, randn, case):
     R.dropout_forward(np.empty_like(x), mask, x, *hyper)
     compare_and_time("dropout_backward", K.dropout_backward, R.dropout_backward,
                      {"dx": np.empty_like(dy)}, (dy, mask, scale))
+
+
+def test_dropout_by_key(compare_and_time, randn, case):
+    """The forward without a mask; the backward is the same call on dy."""
+    x = randn(*case.shape).reshape(-1)
+    compare_and_time("dropout_by_key", K.dropout_by_key, R.dropout_by_key, {"y": np.empty_like(x)},
+                     (x, *_hyper()))

@@ -691,39 +691,87 @@ def layernorm_backward(dy, x, mean, rstd, gamma, *, dgamma=None, dbeta=None, bac
 # --------------------------------------------------------------------- dropout
 
 
-def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=None, row_offset=0):
-    """Inverted dropout: returns (y, mask). The mask (uint8, x's shape) depends
-    only on (seed, step) and the element's index. In eval mode, or with
-    p == 0, y is x itself and mask is None. ``row_offset``: x holds rows
-    ``row_offset..`` of a larger batch, and gets those rows' masks."""
-    p = V.real("p", p, lo=0, hi=1, hi_open=True)
-    x = V.float_array("x", x)
+def _dropout_key(seed, step, row_offset, row):
+    """(seed, step, flat offset) checked: ints, seed and step modulo 2**64;
+    ``row``: the elements per row (the first axis)."""
     for name, v in (("seed", seed), ("step", step)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    # any int: taken modulo 2**64, as nn.Dropout takes its seed
-    seed, step = int(seed) % 2**64, int(step) % 2**64
     if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, (int, np.integer)):
         raise TypeError(f"row_offset must be an int, got {type(row_offset).__name__}")
     if row_offset < 0:
         raise ValueError(f"row_offset must be non-negative, got {row_offset}")
-    if int(row_offset) * (x.size // x.shape[0]) >= 2**63:
+    if int(row_offset) * row >= 2**63:
         raise ValueError(f"row_offset is too large: row_offset * the row's size must be below 2**63, "
-                         f"got {row_offset} rows of {x.size // x.shape[0]}")
+                         f"got {row_offset} rows of {row}")
+    # any int: taken modulo 2**64, as nn.Dropout takes its seed
+    return np.uint64(int(seed) % 2**64), np.uint64(int(step) % 2**64), int(row_offset) * row
+
+
+def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=None, row_offset=0):
+    """Inverted dropout: returns (y, mask). The mask (uint8, x's shape) depends
+    only on (seed, step) and the element's index. In eval mode, or with
+    p == 0, y is x itself and mask is None. ``row_offset``: x holds rows
+    ``row_offset..`` of a larger batch, and gets those rows' masks.
+    ``dropout_by_key`` does the same without storing the mask."""
+    p = V.real("p", p, lo=0, hi=1, hi_open=True)
+    x = V.float_array("x", x)
+    seed, step, offset = _dropout_key(seed, step, row_offset, x.size // x.shape[0])
     if _finite_maybe and _check_finite:
         _finite("dropout_forward", "received", x=x)
     if not training or p == 0.0:
         return x, None
     y = _new(out, "out", x.shape, x.dtype)
     mask = _new(mask, "mask", x.shape, np.dtype(np.uint8), apart=(("x", x), ("out", y)))
-    args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), np.uint64(seed), np.uint64(step),
-            K_drop.dropout_threshold(p), 1.0 / (1.0 - p),
-            int(row_offset) * (x.size // x.shape[0]))
+    args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), seed, step,
+            K_drop.dropout_threshold(p), 1.0 / (1.0 - p), offset)
     if _numba(backend):
         K_drop.dropout_forward(*args, work=_work(K_drop, "dropout_forward", x))
     else:
         R_drop.dropout_forward(*args)
     return y, mask
+
+
+def dropout_by_key(x, p, *, seed, step, row_offset=0, out=None, backend=None, name="x"):
+    """``x * mask / (1 - p)`` with the mask of ``dropout(..., seed=seed,
+    step=step, row_offset=row_offset)`` computed again rather than stored.
+
+    The forward's output is ``dropout_by_key(x, ...)`` and its input gradient
+    ``dropout_by_key(dy, ...)`` with the same key: no mask is written or read
+    (``nn.Dropout`` trains this way). Bit for bit the mask path's outputs.
+    ``name``: what to call x in error messages (``"dy"`` for a backward).
+    """
+    p = V.real("p", p, lo=0, hi=1, hi_open=True)
+    x = V.float_array(name, x)
+    seed, step, offset = _dropout_key(seed, step, row_offset, x.size // x.shape[0])
+    if _finite_maybe and _check_finite:
+        _finite("dropout_by_key", "received", **{name: x})
+    if p == 0.0:
+        return x
+    y = _new(out, "out", x.shape, x.dtype)
+    args = (y.reshape(-1), x.reshape(-1), seed, step, K_drop.dropout_threshold(p), 1.0 / (1.0 - p), offset)
+    if _numba(backend):
+        K_drop.dropout_by_key(*args, work=_work(K_drop, "dropout_by_key", x))
+    else:
+        R_drop.dropout_by_key(*args)
+    return y
+
+
+def dropout_mask(shape, p, *, seed, step, row_offset=0):
+    """The uint8 mask (1 = kept) that ``dropout`` draws for an input of
+    ``shape`` with this (seed, step, row_offset); None for p == 0."""
+    p = V.real("p", p, lo=0, hi=1, hi_open=True)
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    if (not isinstance(shape, tuple) or not shape
+            or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ValueError(f"shape must be a non-empty tuple of positive ints, got {shape!r}")
+    seed, step, offset = _dropout_key(seed, step, row_offset, int(np.prod(shape[1:], dtype=np.int64)))
+    if p == 0.0:
+        return None
+    mask = np.empty(shape, np.uint8)
+    R_drop.kept_mask(mask.reshape(-1), seed, step, K_drop.dropout_threshold(p), offset)
+    return mask
 
 
 def dropout_backward(dy, mask, p, *, out=None, backend=None):

@@ -224,3 +224,87 @@ def test_a_dropout_at_the_end_of_its_mask_sequence_refuses_another_training_forw
         assert drop.step == 2**63 - 1
         drop.forward(x, training=False)  # eval mode draws no mask
         assert drop.step == 2**63 - 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("row_offset", [0, 5])
+def test_dropout_by_key_gives_the_mask_paths_outputs_bit_for_bit(dtype, row_offset):
+    """One kernel for both directions: x -> y and dy -> dx with the mask hashed
+    again equal dropout's y and dropout_backward's dx with the stored mask."""
+    rng = rng_for("drop-by-key", np.dtype(dtype).name, row_offset)
+    x, dy = randn(rng, (37, 29), dtype), randn(rng, (37, 29), dtype)
+    key = dict(seed=2**64 - 3, step=9, row_offset=row_offset)
+    y, mask = F.dropout(x, 0.3, **key)
+    dx = F.dropout_backward(dy, mask, 0.3)
+    (y_key,), _ = run_both(*backends(F.dropout_by_key, **key), lambda: (x, 0.3), names=["y"])
+    (dx_key,), _ = run_both(*backends(F.dropout_by_key, **key), lambda: (dy, 0.3), names=["dx"])
+    for got, want in ((y_key, y), (dx_key, dx)):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+    np.testing.assert_array_equal(F.dropout_mask(x.shape, 0.3, **key), mask)
+    assert F.dropout_by_key(x, 0.0, seed=1, step=1) is x
+    assert F.dropout_mask(x.shape, 0.0, seed=1, step=1) is None
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_dropped_elements_are_products_with_zero_as_in_the_reference(backend):
+    """A dropped element is x * 0: a zero of x's sign, NaN for an infinite or
+    NaN x (as PyTorch's x * mask * scale), on every kernel path."""
+    x = np.array([[-1.5, 2.0, -np.inf, np.inf, np.nan, -0.0, 3.0, -4.0]] * 64, np.float32)
+    with np.errstate(invalid="ignore"):
+        y, mask = F.dropout(x, 0.5, seed=4, step=1, backend=backend)
+        drop = mask == 0
+        assert (drop & np.isinf(x)).any() and (drop & (x < 0)).any() and mask.any()
+        want = x * mask.astype(np.float32) * np.float32(2)
+        _check_products(x, y, mask, want, drop, backend)
+
+
+def _check_products(x, y, mask, want, drop, backend):
+    for got in (y, F.dropout_by_key(x, 0.5, seed=4, step=1, backend=backend),
+                F.dropout_backward(x, mask, 0.5, backend=backend)):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.signbit(got[drop & ~np.isnan(want)]),
+                                      np.signbit(x[drop & ~np.isnan(want)]))
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_module_without_a_stored_mask_trains_as_with_one(backend):
+    """Inputs of HASH_AGAIN_FROM bytes and more keep no mask: forward, backward,
+    the mask on request and the error on a wrong dy are those of the mask path."""
+    rng = rng_for("drop-hash-again", backend)
+    x, dy = randn(rng, (16, 40), np.float32), randn(rng, (16, 40), np.float32)
+    stored, hashed = nn.Dropout(0.25, seed=21), nn.Dropout(0.25, seed=21)
+    hashed.HASH_AGAIN_FROM = 0
+    for m in (stored, hashed):
+        m.backend = backend
+        m.row_offset = 3
+    for _ in range(2):
+        np.testing.assert_array_equal(hashed.forward(x), stored.forward(x))
+        assert hashed._mask is None and stored._mask is not None
+        np.testing.assert_array_equal(hashed.backward(dy), stored.backward(dy))
+        np.testing.assert_array_equal(hashed.mask, stored.mask)
+        assert hashed.mask.dtype == np.uint8
+    hashed.seed = 5  # a later change of seed does not reach the last forward's backward
+    np.testing.assert_array_equal(hashed.backward(dy), stored.backward(dy))
+    with pytest.raises(ValueError, match=r"dy must have the shape of the dropout mask \(16, 40\)"):
+        hashed.backward(dy[:8])
+    with pytest.raises(ValueError, match=r"dy must have the shape of the dropout mask \(16, 40\)"):
+        stored.backward(dy[:8])
+    hashed.forward(x, training=False)
+    assert hashed.mask is None
+    np.testing.assert_array_equal(hashed.backward(dy), dy)
+
+
+def test_dropout_mask_checks_its_arguments():
+    with pytest.raises(ValueError, match="shape must be a non-empty tuple of positive ints"):
+        F.dropout_mask((3, 0), 0.5, seed=1, step=1)
+    with pytest.raises(ValueError, match="shape must be"):
+        F.dropout_mask([3, 4], 0.5, seed=1, step=1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        F.dropout_mask((3, 4), 0.5, seed=1.0, step=1)
+    with pytest.raises(ValueError, match="p must be"):
+        F.dropout_mask((3, 4), 1.0, seed=1, step=1)
+    assert F.dropout_mask(7, 0.5, seed=1, step=1).shape == (7,)
+    with pytest.raises(TypeError, match="dy must be"):
+        F.dropout_by_key("a", 0.5, seed=1, step=1, name="dy")

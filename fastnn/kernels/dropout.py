@@ -12,7 +12,9 @@ ran 10x slower), in 32-bit lanes as LLVM IR (``_kept32``). XOR-ing
 permutations of one another. Same (seed, step), same mask,
 for any thread count, in numba and NumPy alike (numba's own RNG is per
 thread under ``parallel=True``).
-Kept elements are scaled by ``scale = 1 / (1 - p)``. ``offset`` is the
+Kept elements are scaled by ``scale = 1 / (1 - p)``: ``x * (mask * scale)``,
+so a dropped element is a zero of x's sign (NaN for an infinite or NaN x),
+as in the NumPy reference and PyTorch. ``offset`` is the
 flat index of ``x[0]`` in a larger array whose masks are wanted: a process
 holding rows r0.. of a batch passes ``r0 * row_size`` and draws those rows'
 masks of the whole batch (data-parallel training, ``fastnn.distributed``).
@@ -37,7 +39,7 @@ CHUNK = 4096  # elements per parallel task in the 1-D kernels
 # ``functional`` passes ``work = size * cost``, so every kernel goes
 # parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
 # against a ~50 us launch) instead of at the same element count.
-COST = {"dropout_forward": (1.0, 1.4), "dropout_backward": (0.5, 1.0)}
+COST = {"dropout_forward": (1.0, 1.4), "dropout_backward": (0.5, 1.0), "dropout_by_key": (1.0, 1.4)}
 
 
 def dropout_threshold(p: float) -> int:
@@ -95,12 +97,11 @@ def dropout_row(y, mask, x, base, key_lo, key_hi, threshold, scale):
     """Dropout of a contiguous run whose first element has flat index ``base``."""
     t = np.uint32(threshold)
     s = typed(x, scale)
-    zero = typed(x, 0.0)
     b = np.uint32(base & 0xFFFFFFFF)
     for j in range(x.shape[0]):
         keep = kept(np.uint32(b + np.uint32(j)), key_lo, key_hi, t)
         mask[j] = keep
-        y[j] = x[j] * s if keep else zero
+        y[j] = x[j] * (typed(x, keep) * s)  # see dropout_by_key
 
 
 @kernel
@@ -114,10 +115,34 @@ def dropout_forward(y, mask, x, seed, step, threshold, scale, offset=0):
         dropout_row(y[i0:i1], mask[i0:i1], x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
 
 
+@jit_helper
+def dropout_row_by_key(y, x, base, key_lo, key_hi, threshold, scale):
+    """``dropout_row`` without the mask."""
+    t = np.uint32(threshold)
+    s = typed(x, scale)
+    b = np.uint32(base & 0xFFFFFFFF)
+    for j in range(x.shape[0]):
+        y[j] = x[j] * (typed(x, kept(np.uint32(b + np.uint32(j)), key_lo, key_hi, t)) * s)
+
+
+@kernel
+def dropout_by_key(y, x, seed, step, threshold, scale, offset=0):
+    """y = x * mask * scale with the mask of (seed, step) computed, not stored:
+    the forward without its mask, and the backward (dx from dy) without
+    reading one. Written as a product with the mask as a float, which
+    runs at copy speed with the hash; ``x * s if keep else 0`` (masked
+    multiplies) took twice as long (docs/design.md)."""
+    n = x.shape[0]
+    key_lo, key_hi = dropout_key(seed, step)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        i0 = c * CHUNK
+        i1 = min(i0 + CHUNK, n)
+        dropout_row_by_key(y[i0:i1], x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
+
+
 @kernel
 def dropout_backward(dx, dy, mask, scale):
     """dx = dy * mask * scale."""
     s = typed(dy, scale)
-    zero = typed(dy, 0.0)
     for i in prange(dy.shape[0]):
-        dx[i] = dy[i] * s if mask[i] else zero
+        dx[i] = dy[i] * (typed(dy, mask[i]) * s)

@@ -32,7 +32,6 @@ def _forward_row(row, zrow, mrow, b, alpha, base, key_lo, key_hi, t, s, save_z, 
     """row = dropout(act(row + b)) in one pass (two passes ran 5x slower);
     zrow = row + b when save_z; mrow = the kept flags when drop.
     ``act`` is bound by ``specialise``."""
-    zero = typed(row, 0.0)
     for j in range(row.shape[0]):
         v = row[j] + b[j]
         if save_z:
@@ -41,18 +40,17 @@ def _forward_row(row, zrow, mrow, b, alpha, base, key_lo, key_hi, t, s, save_z, 
         if drop:
             keep = kept(np.uint32(base + np.uint32(j)), key_lo, key_hi, t)
             mrow[j] = keep
-            a = a * s if keep else zero
+            a = a * (typed(row, keep) * s)  # a product, not a select: see dropout_by_key
         row[j] = a
 
 
 def _backward_row(dzrow, dyrow, zrow, mrow, alpha, s, drop):
     """dzrow = dyrow * act'(zrow) [* mask * s] in one pass; ``act_grad`` is
     bound by ``specialise``."""
-    zero = typed(dzrow, 0.0)
     for j in range(dzrow.shape[0]):
         d = dyrow[j] * act_grad(zrow[j], alpha)  # noqa: F821
         if drop:
-            d = d * s if mrow[j] else zero
+            d = d * (typed(dzrow, mrow[j]) * s)
         dzrow[j] = d
 
 

@@ -25,13 +25,26 @@ def _hash32(x):
     return x ^ (x >> np.uint32(16))
 
 
-def dropout_forward(y, mask, x, seed, step, threshold, scale, offset=0):
+def _kept(n, seed, step, threshold, offset):
     key_lo, key_hi = dropout_key(int(seed), int(step))
     # flat indices modulo 2**32, as the kernel's uint32 arithmetic
-    idx = ((np.arange(x.shape[0], dtype=np.uint64) + np.uint64(offset)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    idx = ((np.arange(n, dtype=np.uint64) + np.uint64(offset)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
     h = _hash32(idx ^ np.uint32(key_lo)) ^ np.uint32(key_hi)
-    mask[...] = (h >> np.uint32(8)) >= np.uint32(threshold)
+    return (h >> np.uint32(8)) >= np.uint32(threshold)
+
+
+def kept_mask(mask, seed, step, threshold, offset=0):
+    """mask[i] = 1 where element offset + i is kept (the kernels' test)."""
+    mask[...] = _kept(mask.shape[0], seed, step, threshold, offset)
+
+
+def dropout_forward(y, mask, x, seed, step, threshold, scale, offset=0):
+    kept_mask(mask, seed, step, threshold, offset)
     y[...] = x * mask * x.dtype.type(scale)
+
+
+def dropout_by_key(y, x, seed, step, threshold, scale, offset=0):
+    y[...] = x * _kept(x.shape[0], seed, step, threshold, offset) * x.dtype.type(scale)
 
 
 def dropout_backward(dx, dy, mask, scale):
