@@ -179,3 +179,27 @@ def test_every_kernel_has_a_cost():
         kernels = {name for name, v in vars(mod).items() if isinstance(v, Kernel)}
         assert kernels == set(mod.COST), mod.__name__
         assert all(len(c) == 2 and min(c) > 0 for c in mod.COST.values())
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_float64_gelu_matches_the_formula_and_its_negative_tail(backend):
+    """float64 GELU computes 0.5 (1 + tanh(u)) as 1 / (1 + exp(-2u)) (one exp and
+    one division): equal to the seed's formula where that is accurate, and
+    without its cancellation where 1 + tanh(u) is tiny (x < -3)."""
+    c = math.sqrt(2 / math.pi)
+
+    def exact(v):  # value and derivative through the sigmoid identity, in Python floats
+        u = c * (v + 0.044715 * v**3)
+        s = 1 / (1 + math.exp(-2 * u))
+        return v * s, s + 2 * v * s * (1 - s) * c * (1 + 3 * 0.044715 * v * v)
+
+    x = np.concatenate([np.linspace(-3, 3, 61), np.linspace(-8, -3, 26)])
+    y = F.activation("gelu", x, backend=backend)
+    dx = F.activation_backward("gelu", np.ones_like(x), x, backend=backend)
+    want = np.array([exact(v) for v in x])
+    mid = np.abs(x) <= 3
+    np.testing.assert_allclose(y[mid], [_math_reference("gelu", v) for v in x[mid]], rtol=1e-13, atol=1e-300)
+    # the NumPy reference keeps the seed's form, 1 + tanh(u): exact in the middle only
+    part = slice(None) if backend == "numba" else mid
+    np.testing.assert_allclose(y[part], want[part, 0], rtol=1e-13, atol=0)
+    np.testing.assert_allclose(dx[part], want[part, 1], rtol=1e-12, atol=0)
