@@ -610,6 +610,7 @@ class Dropout(Module):
     @property
     def seed(self) -> int:
         return int(self._seed)
+
     @seed.setter
     def seed(self, value) -> None:
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -656,14 +657,14 @@ class Dropout(Module):
                                      backend=self._backend, row_offset=self.row_offset)
         else:
             y, self.mask = F.dropout(x, self.p, seed=self.seed, step=self.step, training=False,
-                                     backend=self._backend)
+                                     backend=self._backend, row_offset=self.row_offset)
         self._ran = True
         return y
 
     def backward(self, dout):
         if not self.__dict__.get("_ran"):  # (mask None is also eval mode's: it cannot tell)
             self._need(None)
-        if self._key is None:  # eval mode, or a mask from a fused path
+        if self._key is None:  # a stored mask (small input, fused path) or eval mode
             return F.dropout_backward(dout, self._mask, self.p, backend=self._backend)
         seed, step, row_offset, p, shape = self._key
         dout = V.float_array("dy", dout)
