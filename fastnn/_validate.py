@@ -9,6 +9,7 @@ slow path that converts or raises with a message naming the argument.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -157,13 +158,16 @@ def targets_array(name: str, targets, shape, dtype) -> np.ndarray:
 
 def real(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
     """A finite real scalar within [lo, hi] (or open ends)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    if type(value) is float:  # the common case first: this runs on every op's call
+        v = value
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        v = float(value)
-    except OverflowError:  # an int beyond the float range
-        raise ValueError(f"{name} must be finite, got an int of {len(str(abs(value)))} digits") from None
-    if not np.isfinite(v):
+    else:
+        try:
+            v = float(value)
+        except OverflowError:  # an int beyond the float range
+            raise ValueError(f"{name} must be finite, got an int of {len(str(abs(value)))} digits") from None
+    if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {v}")
     if lo is not None and (v < lo or (lo_open and v == lo)) or hi is not None and (v > hi or (hi_open and v == hi)):
         left = "(" if lo_open else "["
