@@ -553,10 +553,11 @@ def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, run
     n, d = x.shape
     gamma, beta, eps = _norm_params(x, gamma, beta, eps, d)
     momentum = V.real("momentum", momentum, lo=0, hi=1)
-    if training:  # updated in place
-        for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-            if r is not None:
-                V.out_array(name, r, (d,), x.dtype)
+    if training:  # updated in place (a subclass through a plain view of its memory)
+        if running_mean is not None:
+            running_mean = V.out_array("running_mean", running_mean, (d,), x.dtype)
+        if running_var is not None:
+            running_var = V.out_array("running_var", running_var, (d,), x.dtype)
     else:  # only read: read-only or strided arrays are fine
         if running_mean is None or running_var is None:
             raise ValueError("eval mode needs running_mean and running_var")
@@ -590,12 +591,10 @@ def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, run
                                    work=_work(K_bn, "batchnorm_forward", x))
         else:
             R_bn.batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps)
-        if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
-        if running_var is not None:
-            running_var *= 1 - momentum
-            running_var += momentum * var
+        blend = K_bn.blend_running if numba_ else R_bn.blend_running
+        for running, batch in ((running_mean, mean), (running_var, var)):
+            if running is not None:
+                blend(running, batch, momentum)
     if _finite_maybe and _check_finite:
         _finite("batchnorm_forward", "produced", y=y)
     return y, mean, rstd

@@ -110,6 +110,28 @@ def test_training_statistics_and_running_update_follow_the_seed(backend):
     np.testing.assert_allclose(y1.var(axis=0), 1, rtol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_running_blend_kernel_agrees_with_numpys_in_place_ops(dtype):
+    """The running statistics' update, a kernel, agrees with NumPy's
+    ``running *= 1 - momentum; running += momentum * batch`` to one rounding
+    (the kernel may fuse the multiply-add); only the running arrays that are
+    given are updated."""
+    rng = np.random.default_rng(5)
+    batch = rng.standard_normal(37).astype(dtype)
+    for momentum in (0.1, 0.3, 1 / 3, 0.0, 1.0):
+        run0 = rng.standard_normal(37).astype(dtype)
+        run_k, run_r = run0.copy(), run0.copy()
+        K.blend_running(run_k, batch, momentum)
+        R.blend_running(run_r, batch, momentum)
+        # one rounding of the terms' size (the sum may cancel)
+        terms = np.abs(run0 * dtype(1 - momentum)) + np.abs(dtype(momentum) * batch)
+        assert np.all(np.abs(run_k - run_r) <= np.finfo(dtype).eps * terms), momentum
+    x, gamma, beta, _, rm, rv = _inputs((16, 9), dtype)
+    rv0 = rv.copy()
+    F.batchnorm(x, gamma, beta, running_mean=rm, running_var=None, momentum=0.2)
+    np.testing.assert_array_equal(rv, rv0)
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_momentum_extremes(backend):
     x, gamma, beta, _, rm, rv = _inputs((8, 5), np.float64)

@@ -38,7 +38,7 @@ from .activations import (GELU, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, gelu_back
                           gelu_forward, leaky_relu_backward, leaky_relu_forward, relu_backward,
                           relu_forward, sigmoid_backward, sigmoid_forward, silu_backward,
                           silu_forward, tanh_backward, tanh_forward)
-from .batchnorm import batchnorm_backward, batchnorm_forward
+from .batchnorm import batchnorm_backward, batchnorm_forward, blend_running
 from .dropout import dropout_backward, dropout_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import bias_add, column_sum
@@ -52,6 +52,7 @@ _bad_backward = bias_act_dropout_backward.serial
 _bias_add = bias_add.serial
 _column_sum = column_sum.serial
 _bn_forward = batchnorm_forward.serial
+_bn_blend = blend_running.serial
 _bn_backward = batchnorm_backward.serial
 _ln_forward = layernorm_forward.serial
 _ln_backward = layernorm_backward.serial
@@ -197,14 +198,8 @@ def _other_forward(op, row, frow, key, x, out, mask, s1, s2, s3, p1, p2, r1, r2)
                       row[4])
     elif op == BATCHNORM:
         _bn_forward(out, s1, s3, s2, x, p1, p2, frow[2])
-        # running = (1 - momentum) * running + momentum * batch, rounded as NumPy does
-        keep = r1.dtype.type(1.0 - frow[3])
-        mom = r1.dtype.type(frow[3])
-        for j in range(r1.shape[0]):
-            r1[j] = r1[j] * keep
-            r1[j] = r1[j] + mom * s1[j]
-            r2[j] = r2[j] * keep
-            r2[j] = r2[j] + mom * s3[j]
+        _bn_blend(r1, s1, frow[3])
+        _bn_blend(r2, s3, frow[3])
     elif op == LAYERNORM:
         _ln_forward(out, s1, s2, x, p1, p2, frow[2])
 

@@ -10,6 +10,11 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     y[...] = (x - mean) * rstd * gamma + beta
 
 
+def blend_running(running, batch, momentum):
+    running *= 1 - momentum
+    running += momentum * batch
+
+
 def batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps):
     y[...] = (x - running_mean) / np.sqrt(running_var + eps) * gamma + beta
 
