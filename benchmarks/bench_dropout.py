@@ -38,3 +38,11 @@ def test_dropout_by_key(compare_and_time, randn, case):
     x = randn(*case.shape).reshape(-1)
     compare_and_time("dropout_by_key", K.dropout_by_key, R.dropout_by_key, {"y": np.empty_like(x)},
                      (x, *_hyper()))
+
+
+def test_kept_mask(compare_and_time, randn, case):
+    """The mask alone (``Dropout.mask`` after a forward that stored none)."""
+    n = int(np.prod(case.shape))
+    seed, step, threshold, _ = _hyper()
+    compare_and_time("kept_mask", K.kept_mask, R.kept_mask, {"mask": np.empty(n, np.uint8)},
+                     (seed, step, threshold))

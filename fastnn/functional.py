@@ -591,10 +591,13 @@ def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, run
                                    work=_work(K_bn, "batchnorm_forward", x))
         else:
             R_bn.batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps)
-        blend = K_bn.blend_running if numba_ else R_bn.blend_running
         for running, batch in ((running_mean, mean), (running_var, var)):
-            if running is not None:
-                blend(running, batch, momentum)
+            if running is None:
+                continue
+            if numba_:
+                K_bn.blend_running(running, batch, momentum, work=_work(K_bn, "blend_running", batch))
+            else:
+                R_bn.blend_running(running, batch, momentum)
     if _finite_maybe and _check_finite:
         _finite("batchnorm_forward", "produced", y=y)
     return y, mean, rstd
@@ -769,7 +772,8 @@ def dropout_mask(shape, p, *, seed, step, row_offset=0):
     if p == 0.0:
         return None
     mask = np.empty(shape, np.uint8)
-    R_drop.kept_mask(mask.reshape(-1), seed, step, K_drop.dropout_threshold(p), offset)
+    K_drop.kept_mask(mask.reshape(-1), seed, step, K_drop.dropout_threshold(p), offset,
+                     work=_work(K_drop, "kept_mask", mask))
     return mask
 
 

@@ -51,6 +51,11 @@ def test_kernels_called_directly_match_reference(dtype):
                             names=["y", "mask"], n_out=2)
     run_both(K.dropout_backward, R.dropout_backward,
              lambda: (np.empty_like(x), x, mask, 4 / 3), names=["dx"], n_out=1)
+    (kept,), _ = run_both(K.kept_mask, R.kept_mask, lambda: (np.empty(101, np.uint8), seed, step, thr, 3),
+                          names=["mask"], n_out=1)
+    (y_key,), _ = run_both(K.dropout_by_key, R.dropout_by_key,
+                           lambda: (np.empty_like(x), x, seed, step, thr, 4 / 3, 3), names=["y"], n_out=1)
+    np.testing.assert_array_equal(y_key, np.where(kept == 1, x * x.dtype.type(4 / 3), 0))
 
 
 @pytest.mark.parametrize("seed,step", [(0, 0), (1, 2), (2**63 + 5, 7), (2**64 - 1, 2**40)])

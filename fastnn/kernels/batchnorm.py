@@ -28,7 +28,7 @@ from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush
 # The training kernels launch twice (statistics, then the rows): their
 # costs are halved, so they go parallel at twice the serial time.
 COST = {"batchnorm_forward": (0.4, 1.1), "batchnorm_forward_eval": (0.4, 1.0),
-        "batchnorm_backward": (0.8, 4.0), "blend_running": (1.0, 1.0)}
+        "batchnorm_backward": (0.8, 4.0), "blend_running": (0.35, 0.85)}
 
 
 @jit_helper

@@ -39,7 +39,8 @@ CHUNK = 4096  # elements per parallel task in the 1-D kernels
 # ``functional`` passes ``work = size * cost``, so every kernel goes
 # parallel at about the same serial time (PARALLEL_MIN_WORK units, ~130 us,
 # against a ~50 us launch) instead of at the same element count.
-COST = {"dropout_forward": (1.0, 1.4), "dropout_backward": (0.5, 1.0), "dropout_by_key": (1.0, 1.4)}
+COST = {"dropout_forward": (1.0, 1.4), "dropout_backward": (0.5, 1.0), "dropout_by_key": (1.0, 1.4),
+        "kept_mask": (0.4, 0.4)}
 
 
 def dropout_threshold(p: float) -> int:
@@ -113,6 +114,21 @@ def dropout_forward(y, mask, x, seed, step, threshold, scale, offset=0):
         i0 = c * CHUNK
         i1 = min(i0 + CHUNK, n)
         dropout_row(y[i0:i1], mask[i0:i1], x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
+
+
+@kernel
+def kept_mask(mask, seed, step, threshold, offset=0):
+    """mask[i] = 1 where element ``offset + i`` is kept: the mask alone
+    (``nn.Dropout.mask`` when its forward stored none)."""
+    n = mask.shape[0]
+    key_lo, key_hi = dropout_key(seed, step)
+    t = np.uint32(threshold)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        i0 = c * CHUNK
+        i1 = min(i0 + CHUNK, n)
+        b = np.uint32((offset + i0) & 0xFFFFFFFF)
+        for j in range(i1 - i0):
+            mask[i0 + j] = kept(np.uint32(b + np.uint32(j)), key_lo, key_hi, t)
 
 
 @jit_helper
