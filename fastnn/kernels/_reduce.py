@@ -1,6 +1,7 @@
 """Deterministic column sums over row chunks (batchnorm, layernorm).
 
-Rows are split into ``min(N, ROW_CHUNKS)`` fixed chunks; each chunk sums
+Rows are split into fixed chunks, one per ``FLUSH_ROWS`` rows and at most
+``ROW_CHUNKS`` (smaller chunks made small batches pay for 16 partial rows); each chunk sums
 into its own float64 partial row (no race under ``prange``), and the
 partials are added in chunk order, so the result does not depend on the
 thread count.
@@ -33,8 +34,9 @@ def zero(a):
 
 @jit_helper
 def chunk_partials(n, d):
-    """Two zeroed (chunks, d) float64 arrays of partial column sums."""
-    nchunks = min(n, ROW_CHUNKS)
+    """Two zeroed (chunks, d) float64 arrays of partial column sums: one chunk
+    per FLUSH_ROWS rows, at most ROW_CHUNKS."""
+    nchunks = max(1, min(n // FLUSH_ROWS, ROW_CHUNKS))
     p1 = np.empty((nchunks, d), dtype=np.float64)
     p2 = np.empty((nchunks, d), dtype=np.float64)
     zero(p1)
