@@ -483,3 +483,35 @@ def test_ordered_key_orders_as_the_floats_and_inverts(dtype):
     keys_and_back(k, back, x)
     assert (np.diff(k) > 0).all()
     np.testing.assert_array_equal(back.view(k.dtype), x.view(k.dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_exp_nonpos_is_within_a_few_eps_of_exp(dtype):
+    """kernels._math.exp_nonpos (the exp of softmax, sigmoid and BCE), compiled with
+    the kernels' flags, against float64 np.exp on a dense grid of [lo, 0]: exact 1 at
+    0, exact 0 below lo and at -inf, NaN in, NaN out. The error grows with |x|
+    (fast-math folds the two-part ln 2 of the range reduction into one constant):
+    measured 2.5 eps in float32 (at -86) and 108 eps in float64 (at -707)."""
+    from numba import njit
+
+    from fastnn._config import NJIT_FLAGS
+    from fastnn.kernels._math import exp_nonpos
+
+    @njit(**{**NJIT_FLAGS, "cache": False})
+    def evaluate(v, out):
+        for i in range(v.shape[0]):
+            out[i] = exp_nonpos(v[i])
+
+    lo, bound = (-87.0, 3) if dtype == np.float32 else (-708.0, 128)
+    v = np.concatenate([np.linspace(lo, 0, 400_001), -np.geomspace(1e-30, -lo, 20_001),
+                        np.arange(-1, 2) * 0.5 + np.round(lo / 2)]).astype(dtype)
+    out = np.empty_like(v)
+    evaluate(v, out)
+    ref = np.exp(v.astype(np.float64))
+    rel = np.abs(out - ref) / ref
+    assert rel.max() <= bound * np.finfo(dtype).eps + np.finfo(np.float64).eps
+    edge = np.array([0.0, -0.0, lo - 0.5, -1e30, -np.inf, np.nan], dtype)
+    out = np.empty_like(edge)
+    evaluate(edge, out)
+    np.testing.assert_array_equal(out[:5], [1, 1, 0, 0, 0])
+    assert np.isnan(out[5])

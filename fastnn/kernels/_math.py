@@ -5,8 +5,11 @@ from vectorising the loop around them: measured on 1M float32 elements,
 10 ms for exp and 63 ms for tanh, against 0.7 ms for the forms below
 (NumPy's own SIMD versions: 3.4 ms and 8.3 ms); in float64, a GELU forward
 of 1M elements took 17.7 ms with ``np.tanh`` (PyTorch: 4.3 ms).
-Maximum relative error: float32 3e-7 (against float64), float64 a few ulp
-(Cephes' rational forms, against ``math.exp``/``math.tanh``).
+Relative error of exp on [-87, 0] (float32) and [-708, 0] (float64), against
+float64 ``np.exp``: 2.5 and 108 eps at the far ends (3.0e-7, 2.4e-14),
+growing with |x| because numba's fast-math flags fold the two-part ln 2 of
+the range reduction into one constant; tested. tanh: Cephes' and Eigen's
+rational forms, a few ulp.
 """
 
 import numpy as np
@@ -77,14 +80,45 @@ def from_ordered_key(typingctx, k):
     return None
 
 
-# Cephes expf: exp(x) = 2**n * exp(r), |r| <= ln(2)/2, degree-5 polynomial.
+# float32 exp: exp(x) = 2**n * exp(r), n = round(x / ln 2), |r| <= ln(2)/2,
+# exp(r) by a degree-6 polynomial (Horner, from 1): a weighted least-squares
+# fit of (exp(r) - 1) / r on 4000 Chebyshev nodes of [-ln 2 / 2, ln 2 / 2],
+# reweighted towards its largest relative errors until they level (2e-9 in
+# float64; 1e-7 evaluated in float32). It replaced Cephes' expf (degree 5 for
+# (exp(r) - 1 - r) / r**2, then two more operations): see _round_pow2.
 _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI = np.float32(0.693359375)
 _LN2_LO = np.float32(-2.12194440e-4)
-_P = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                   4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-_P0, _P1, _P2, _P3, _P4, _P5 = _P
+_Q1, _Q2, _Q3, _Q4, _Q5, _Q6 = (np.float32(c) for c in (
+    1.0000000321911033, 0.4999999421265677, 0.1666643119343186,
+    0.041668001032623844, 0.008374159420344099, 0.0013843714485366624))
 _EXP_LO = np.float32(-87.0)  # below this exp(x) is subnormal in float32: return 0
+# x + 1.5 * 2**23 rounds x to an integer in the low mantissa bits; + 127 biases it.
+_ROUND_SHIFT = np.float32(12582912.0 + 127.0)
+
+
+@intrinsic
+def _round_pow2(typingctx, x):
+    """(n, 2**n) as float32, n = round(x), for x in [-126, 127]: from the bits
+    of x + _ROUND_SHIFT, whose low mantissa bits hold n + 127, with 32-bit
+    integer operations (numba would widen an int32 subtraction to int64 and
+    convert int64 to float, which AVX-512 does at half width). Two
+    instructions fewer than floor, a truncating conversion, an add and a
+    shift (and numba's fast-math flags, which it sets on every instruction,
+    would fold a float (x + S) - S into x). With the shorter polynomial: 23
+    instead of 27 vector instructions per 16 elements of softmax's exp loop,
+    10% faster on a row in L1."""
+    sig = nbtypes.UniTuple(nbtypes.float32, 2)(nbtypes.float32)
+
+    def codegen(context, builder, signature, args):
+        f32, i32 = ir.FloatType(), ir.IntType(32)
+        t = builder.fadd(args[0], ir.Constant(f32, float(_ROUND_SHIFT)))
+        k = builder.bitcast(t, i32)
+        n = builder.sub(k, ir.Constant(i32, int(_ROUND_SHIFT.view(np.int32))))
+        two_n = builder.bitcast(builder.shl(k, ir.Constant(i32, 23)), f32)
+        return context.make_tuple(builder, signature.return_type, (builder.sitofp(n, f32), two_n))
+
+    return sig, codegen
 
 
 def exp_nonpos(v):
@@ -122,14 +156,11 @@ def _exp_nonpos_overload(v):
         return lambda v: np.exp(v)
 
     def exp32(v):
-        c = max(v, _EXP_LO)
-        n = np.floor(c * _LOG2E + np.float32(0.5))
+        c = _EXP_LO if v < _EXP_LO else v  # a NaN goes on, and comes out
+        n, two_n = _round_pow2(c * _LOG2E)
         r = c - n * _LN2_HI - n * _LN2_LO
-        p = (((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5) * (r * r) + r + np.float32(1.0)
-        p = p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
-        if v >= _EXP_LO:
-            return p
-        return np.float32(0.0) if v < _EXP_LO else v  # the last case: NaN
+        p = (((((_Q6 * r + _Q5) * r + _Q4) * r + _Q3) * r + _Q2) * r + _Q1) * r + np.float32(1.0)
+        return np.float32(0.0) if v < _EXP_LO else p * two_n
 
     return exp32
 
