@@ -32,6 +32,7 @@ from numba import prange
 
 from .._config import jit_helper, kernel, typed
 from ._math import exp_nonpos, from_ordered_key, ordered_key
+from ._prefetch import prefetch_next
 
 
 # Serial cost per element of each kernel, (float32, float64), in units of
@@ -101,6 +102,7 @@ def _softmax_row(p, z):
 def softmax_xent_forward_labels(probs, losses, logits, labels):
     """probs = softmax(logits), losses[i] = logsumexp(logits[i]) - logits[i, labels[i]]."""
     for i in prange(logits.shape[0]):
+        prefetch_next(logits, i)
         lse = _softmax_row(probs[i], logits[i])
         losses[i] = lse - logits[i, labels[i]]
 
@@ -121,6 +123,8 @@ def softmax_xent_forward_targets(probs, losses, logits, targets):
     """probs = softmax(logits), losses[i] = sum_j targets[i, j] (logsumexp(logits[i]) - logits[i, j])."""
     n, c = logits.shape
     for i in prange(n):
+        prefetch_next(logits, i)
+        prefetch_next(targets, i)
         lse = _softmax_row(probs[i], logits[i])
         acc = 0.0
         for j in range(c):
@@ -154,6 +158,7 @@ def softmax_xent_loss_labels(rowmax, rowsum, losses, logits, labels):
     max(logits[i]), rowsum[i] = sum(exp(logits[i] - rowmax[i])) for
     ``softmax_xent_grad_labels``. The probabilities are not written."""
     for i in prange(logits.shape[0]):
+        prefetch_next(logits, i)
         losses[i] = _keep_row_stats(rowmax, rowsum, i, logits[i]) - logits[i, labels[i]]
 
 
@@ -177,6 +182,8 @@ def softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets):
     rowmax, rowsum as in ``softmax_xent_loss_labels``."""
     n, c = logits.shape
     for i in prange(n):
+        prefetch_next(logits, i)
+        prefetch_next(targets, i)
         lse = _keep_row_stats(rowmax, rowsum, i, logits[i])
         acc = 0.0
         for j in range(c):
@@ -215,6 +222,7 @@ def softmax_xent_loss_grad_labels(dlogits, rowmax, rowsum, losses, logits, label
     n, c = logits.shape
     inv_n = typed(logits, 1.0 / n)
     for i in prange(n):
+        prefetch_next(logits, i)
         d = dlogits[i]
         lse, inv = _row_stats_and_exps(rowmax, rowsum, i, d, logits[i])
         losses[i] = lse - logits[i, labels[i]]
@@ -229,6 +237,8 @@ def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, logits, targ
     n, c = logits.shape
     inv_n = typed(logits, 1.0 / n)
     for i in prange(n):
+        prefetch_next(logits, i)
+        prefetch_next(targets, i)
         d = dlogits[i]
         lse, inv = _row_stats_and_exps(rowmax, rowsum, i, d, logits[i])
         acc = 0.0
