@@ -19,17 +19,6 @@ from numba.extending import intrinsic, overload
 
 
 @intrinsic
-def _f32_from_bits(typingctx, bits):
-    """Reinterpret an int32 as float32 (for building 2**n)."""
-    sig = nbtypes.float32(nbtypes.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
-
-
-@intrinsic
 def _f64_from_bits(typingctx, bits):
     """Reinterpret an int64 as float64 (for building 2**n)."""
     sig = nbtypes.float64(nbtypes.int64)

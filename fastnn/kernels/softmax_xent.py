@@ -24,7 +24,9 @@ followed by a backward (the module in training mode): each row's exps go
 into the gradient's row while it is in cache and are scaled there, so one
 exp per element and two passes (read the logits, write the gradient). All
 compute the probabilities with the same float operations (equal to a few
-ulp: the compiler may order a row's exp-sum differently in each).
+ulp: the compiler may order a row's exp-sum differently in each). Each row
+kernel that reads the logits first asks for the next row's cache lines
+(``_prefetch``), so that memory works while this row's exps compute.
 """
 
 import numpy as np
