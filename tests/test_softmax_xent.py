@@ -518,9 +518,9 @@ def test_exp_nonpos_is_within_a_few_eps_of_exp(dtype):
 
 
 def test_prefetch_row_emits_prefetches_and_changes_nothing():
-    """kernels._prefetch: the hint compiles to prefetch instructions (one per
-    64-byte line of the row) for contiguous and strided rows of both dtypes, and
-    leaves the array as it was."""
+    """kernels._prefetch: the hint compiles to prefetch instructions for both halves
+    of the next row, contiguous, strided or empty, in both dtypes, and leaves the
+    array as it was."""
     import re
 
     from numba import njit
@@ -531,7 +531,8 @@ def test_prefetch_row_emits_prefetches_and_changes_nothing():
     @njit(**{**NJIT_FLAGS, "cache": False})
     def touch_all(a):
         for i in range(a.shape[0]):
-            prefetch_next(a, i)
+            prefetch_next(a, i, 0)
+            prefetch_next(a, i, 1)
 
     for dtype in DTYPES:
         for a in (np.arange(40.0, dtype=dtype).reshape(4, 10), np.arange(80.0, dtype=dtype).reshape(4, 20)[:, ::2],

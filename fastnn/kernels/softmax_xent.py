@@ -87,12 +87,22 @@ def _exp_row_into(d, z, m):
 
 
 @jit_helper
-def _softmax_row(p, z):
-    """p = softmax(z) for one row; returns logsumexp(z) as float64.
+def _max_then_prefetch(logits, i):
+    """max(logits[i]), then the second half of the next row's prefetch (the
+    first was asked for when the row started: ``_prefetch``)."""
+    m = _row_max(logits[i])
+    prefetch_next(logits, i, 1)
+    return m
+
+
+@jit_helper
+def _softmax_row(p, logits, i):
+    """p = softmax(z) for row z = logits[i]; returns logsumexp(z) as float64.
 
     Three vectorised passes over a row that stays in L1: max, exp and its
     sum, scale."""
-    m = _row_max(z)
+    z = logits[i]
+    m = _max_then_prefetch(logits, i)
     s = _exp_row_into(p, z, m)
     inv = typed(p, 1.0 / s)
     for j in range(z.shape[0]):
@@ -104,8 +114,8 @@ def _softmax_row(p, z):
 def softmax_xent_forward_labels(probs, losses, logits, labels):
     """probs = softmax(logits), losses[i] = logsumexp(logits[i]) - logits[i, labels[i]]."""
     for i in prange(logits.shape[0]):
-        prefetch_next(logits, i)
-        lse = _softmax_row(probs[i], logits[i])
+        prefetch_next(logits, i, 0)
+        lse = _softmax_row(probs[i], logits, i)
         losses[i] = lse - logits[i, labels[i]]
 
 
@@ -125,9 +135,10 @@ def softmax_xent_forward_targets(probs, losses, logits, targets):
     """probs = softmax(logits), losses[i] = sum_j targets[i, j] (logsumexp(logits[i]) - logits[i, j])."""
     n, c = logits.shape
     for i in prange(n):
-        prefetch_next(logits, i)
-        prefetch_next(targets, i)
-        lse = _softmax_row(probs[i], logits[i])
+        prefetch_next(logits, i, 0)
+        prefetch_next(targets, i, 0)
+        lse = _softmax_row(probs[i], logits, i)
+        prefetch_next(targets, i, 1)
         acc = 0.0
         for j in range(c):
             acc += targets[i, j] * (lse - logits[i, j])
@@ -145,9 +156,10 @@ def softmax_xent_backward_targets(dlogits, probs, targets):
 
 
 @jit_helper
-def _keep_row_stats(rowmax, rowsum, i, z):
+def _keep_row_stats(rowmax, rowsum, logits, i):
     """rowmax[i], rowsum[i] of row z = logits[i]; returns logsumexp(z) as float64."""
-    m = _row_max(z)
+    z = logits[i]
+    m = _max_then_prefetch(logits, i)
     s = _row_expsum(z, m)
     rowmax[i] = m
     rowsum[i] = s
@@ -160,8 +172,8 @@ def softmax_xent_loss_labels(rowmax, rowsum, losses, logits, labels):
     max(logits[i]), rowsum[i] = sum(exp(logits[i] - rowmax[i])) for
     ``softmax_xent_grad_labels``. The probabilities are not written."""
     for i in prange(logits.shape[0]):
-        prefetch_next(logits, i)
-        losses[i] = _keep_row_stats(rowmax, rowsum, i, logits[i]) - logits[i, labels[i]]
+        prefetch_next(logits, i, 0)
+        losses[i] = _keep_row_stats(rowmax, rowsum, logits, i) - logits[i, labels[i]]
 
 
 @kernel
@@ -184,9 +196,10 @@ def softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets):
     rowmax, rowsum as in ``softmax_xent_loss_labels``."""
     n, c = logits.shape
     for i in prange(n):
-        prefetch_next(logits, i)
-        prefetch_next(targets, i)
-        lse = _keep_row_stats(rowmax, rowsum, i, logits[i])
+        prefetch_next(logits, i, 0)
+        prefetch_next(targets, i, 0)
+        lse = _keep_row_stats(rowmax, rowsum, logits, i)
+        prefetch_next(targets, i, 1)
         acc = 0.0
         for j in range(c):
             acc += targets[i, j] * (lse - logits[i, j])
@@ -207,10 +220,11 @@ def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
 
 
 @jit_helper
-def _row_stats_and_exps(rowmax, rowsum, i, d, z):
+def _row_stats_and_exps(rowmax, rowsum, d, logits, i):
     """``_keep_row_stats`` that also leaves exp(z - max) in d; returns
     logsumexp(z) as float64 and the row's 1 / sum in z's dtype."""
-    m = _row_max(z)
+    z = logits[i]
+    m = _max_then_prefetch(logits, i)
     s = _exp_row_into(d, z, m)
     rowmax[i] = m
     rowsum[i] = s
@@ -224,9 +238,9 @@ def softmax_xent_loss_grad_labels(dlogits, rowmax, rowsum, losses, logits, label
     n, c = logits.shape
     inv_n = typed(logits, 1.0 / n)
     for i in prange(n):
-        prefetch_next(logits, i)
+        prefetch_next(logits, i, 0)
         d = dlogits[i]
-        lse, inv = _row_stats_and_exps(rowmax, rowsum, i, d, logits[i])
+        lse, inv = _row_stats_and_exps(rowmax, rowsum, d, logits, i)
         losses[i] = lse - logits[i, labels[i]]
         for j in range(c):
             d[j] = (d[j] * inv) * inv_n
@@ -239,10 +253,11 @@ def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, logits, targ
     n, c = logits.shape
     inv_n = typed(logits, 1.0 / n)
     for i in prange(n):
-        prefetch_next(logits, i)
-        prefetch_next(targets, i)
+        prefetch_next(logits, i, 0)
+        prefetch_next(targets, i, 0)
         d = dlogits[i]
-        lse, inv = _row_stats_and_exps(rowmax, rowsum, i, d, logits[i])
+        lse, inv = _row_stats_and_exps(rowmax, rowsum, d, logits, i)
+        prefetch_next(targets, i, 1)
         acc = 0.0
         for j in range(c):
             acc += targets[i, j] * (lse - logits[i, j])
