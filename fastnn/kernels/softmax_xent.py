@@ -25,8 +25,9 @@ into the gradient's row while it is in cache and are scaled there, so one
 exp per element and two passes (read the logits, write the gradient). All
 compute the probabilities with the same float operations (equal to a few
 ulp: the compiler may order a row's exp-sum differently in each). Each row
-kernel that reads the logits first asks for the next row's cache lines
-(``_prefetch``), so that memory works while this row's exps compute.
+kernel that reads the logits asks for the next row's cache lines, half when
+it starts on a row and half after the row's max (``_prefetch``), so that
+memory works while this row's exps compute.
 """
 
 import numpy as np
