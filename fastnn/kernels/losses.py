@@ -16,7 +16,6 @@ for the mean and 1 for the sum.
   per element: ``BCEWithLogitsLoss``'s forward in training mode.
 """
 
-import numpy as np
 from numba import prange
 
 from .._config import jit_helper, kernel, typed
