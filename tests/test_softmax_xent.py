@@ -517,7 +517,7 @@ def test_exp_nonpos_is_within_a_few_eps_of_exp(dtype):
     assert np.isnan(out[5])
 
 
-def test_prefetch_row_emits_prefetches_and_changes_nothing():
+def test_prefetch_next_emits_prefetches_and_changes_nothing():
     """kernels._prefetch: the hint compiles to prefetch instructions for both halves
     of the next row, contiguous, strided or empty, in both dtypes, and leaves the
     array as it was."""

@@ -3,22 +3,20 @@
 A row kernel that first reads a row from memory and then computes on it in
 L1 (softmax: a max pass, then an exp pass) leaves memory idle while it
 computes: the hardware prefetchers follow demand misses, and the compute
-pass makes none. Asking for the next row's lines at the start of a row
-overlaps its fetch with this row's arithmetic. The next row is asked for in
-two halves, the first when a row starts and the second after the row's
-first pass, so that half as many lines are in flight at once (the whole
-row at the start: float64 training kernel 1945-1951 us against 1740-1743,
-float32 773-825 against 717-776, one-off script, calls interleaved in one
-process). Softmax-CE's kernels at
-(4096, 1024), inputs from memory, 2 threads, three alternating processes
-of the code without and with it (microseconds): float32 training kernel
-(loss and gradient) 804-910 -> 710-785, forward 818-913 -> 730-795, loss
-only 633-741 -> 416-454 (the copy of the same bytes: 690-766); float64 loss
-only 1254-1360 -> 1084-1284, the others within -5% to +4%. Not used in
-LayerNorm: its first pass over a row streams with little arithmetic, and
-the prefetched rows crowd the L1 its second pass reads from (float64
-forward 1541-1667 -> 1721-2053 us, backward 2647-2768 -> 2916-3773).
-A prefetch is only a hint: it never faults and changes no result.
+pass makes none. Asking for the next row's lines while this row computes
+overlaps the two. Softmax-CE's kernels at (4096, 1024), inputs from
+memory, 2 threads, three alternating processes of the code without and
+with the whole next row asked for at each row's start (microseconds):
+float32 training kernel (loss and gradient) 804-910 -> 710-785, forward
+818-913 -> 730-795, loss only 633-741 -> 416-454 (the copy of the same
+bytes: 690-766); float64 loss only 1254-1360 -> 1084-1284, the others
+within -5% to +4%. Asked for in two halves instead, the first when a row
+starts and the second after the row's first pass (``prefetch_next``'s
+``half``), half as many lines are in flight at once: float64 training
+kernel 1945-1951 -> 1740-1743 us, float32 773-825 -> 717-776 (calls
+interleaved in one process). Not used in LayerNorm, where every variant
+tried ran slower (docs/design.md). A prefetch is only a hint: it never
+faults and changes no result.
 """
 
 from llvmlite import ir
