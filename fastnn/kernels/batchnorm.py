@@ -118,15 +118,6 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
     _normalise(y, x, mean, a, beta)
 
 
-@jit_helper
-def _blend(running, batch, momentum):
-    keep = typed(running, 1.0 - momentum)
-    mom = typed(running, momentum)
-    for j in range(running.shape[0]):
-        running[j] = running[j] * keep
-        running[j] = running[j] + mom * batch[j]
-
-
 @kernel
 def blend_running(running, batch, momentum):
     """running = (1 - momentum) * running + momentum * batch, in place: NumPy's
@@ -134,7 +125,11 @@ def blend_running(running, batch, momentum):
     (the multiply-add may be fused). Those six small NumPy calls cost 2.8 us
     a training step at D = 256, this kernel 0.26; the compiled step calls it
     too, so both paths keep the same running statistics."""
-    _blend(running, batch, momentum)
+    keep = typed(running, 1.0 - momentum)
+    mom = typed(running, momentum)
+    for j in range(running.shape[0]):
+        running[j] = running[j] * keep
+        running[j] = running[j] + mom * batch[j]
 
 
 @kernel
