@@ -372,6 +372,21 @@ def _typed_overload(like, value):
     return lambda like, value: np.float64(value)
 
 
+
+def is_float64(a) -> bool:
+    """Whether array ``a`` holds float64, as a compile-time constant inside
+    kernels. (numba reads ``a.itemsize`` from the array at run time, so
+    ``if a.itemsize == 8`` compiles both branches in: LayerNorm's float32
+    backward at (64, 256) ran 5.1-5.3 us with it against 4.7-4.8.)"""
+    return a.dtype == np.float64
+
+
+@overload(is_float64, inline="always")
+def _is_float64_overload(a):
+    if isinstance(a, nbtypes.Array) and a.dtype == nbtypes.float64:
+        return lambda a: True
+    return lambda a: False
+
 def set_num_threads(n: int, blas: bool = True) -> None:
     """Set the thread count of fastnn's parallel kernels and, with ``blas``,
     of NumPy's BLAS (through threadpoolctl) to the same number.

@@ -45,11 +45,13 @@ def test_large_matches_reference(dtype):
     _check(BIG, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", [(63, 5), (1000, 17), (2100, 9)])
-def test_row_chunks_with_remainders_match_reference(shape):
+def test_row_chunks_with_remainders_match_reference(shape, dtype):
     # row chunks of 3-4, 62-63 and 131-132 rows: runs of FLUSH_ROWS rows
-    # and rows left over after them
-    _check(shape, np.float32)
+    # and rows left over after them; float64's backward takes rows in
+    # pairs, with an odd chunk's last row alone
+    _check(shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -114,17 +116,18 @@ def test_reference_backward_matches_finite_differences():
     assert_grad_close(dbeta, numeric_grad(loss, beta), "dbeta")
 
 
-def test_parallel_result_does_not_depend_on_thread_count():
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_parallel_result_does_not_depend_on_thread_count(dtype):
     import numba
 
-    x, gamma, beta, dy = _inputs((64, 784), np.float32)
+    x, gamma, beta, dy = _inputs((67, 784), dtype)
     _, mean, rstd = F.layernorm(x, gamma, beta)
     out = []
     before = numba.get_num_threads()
     try:
         for t in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(t)
-            d = [np.empty_like(x), np.empty(784, np.float32), np.empty(784, np.float32)]
+            d = [np.empty_like(x), np.empty(784, dtype), np.empty(784, dtype)]
             K.layernorm_backward.parallel(*d, dy, x, mean, rstd, gamma)
             out.append(d)
     finally:
@@ -147,3 +150,16 @@ def test_one_dimensional_input_has_a_backward(backend):
     np.testing.assert_array_equal(dx, dx2[0])
     np.testing.assert_array_equal(dg, dg2)
     np.testing.assert_array_equal(db, db2)
+
+
+def test_is_float64_picks_the_backward_path_by_dtype():
+    # the float64 backward's row pairs are chosen by this compile-time test
+    from numba import njit
+
+    from fastnn._config import is_float64
+
+    compiled = njit(lambda a: is_float64(a))
+    for dtype, expected in ((np.float64, True), (np.float32, False)):
+        a = np.zeros(3, dtype)
+        assert compiled(a) is expected
+        assert is_float64(a) is expected
