@@ -372,7 +372,6 @@ def _typed_overload(like, value):
     return lambda like, value: np.float64(value)
 
 
-
 def is_float64(a) -> bool:
     """Whether array ``a`` holds float64, as a compile-time constant inside
     kernels. (numba reads ``a.itemsize`` from the array at run time, so
@@ -386,6 +385,7 @@ def _is_float64_overload(a):
     if isinstance(a, nbtypes.Array) and a.dtype == nbtypes.float64:
         return lambda a: True
     return lambda a: False
+
 
 def set_num_threads(n: int, blas: bool = True) -> None:
     """Set the thread count of fastnn's parallel kernels and, with ``blas``,
