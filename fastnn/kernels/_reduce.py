@@ -1,4 +1,5 @@
-"""Deterministic column sums over row chunks (batchnorm, layernorm).
+"""Deterministic column sums over row chunks (batchnorm, layernorm), and the
+row chunks themselves (BCE's per-row buffers).
 
 Rows are split into fixed chunks, one per ``CHUNK_MIN_ROWS`` rows and at
 most ``ROW_CHUNKS``; each chunk sums into its own float64 partial row (no
@@ -36,10 +37,16 @@ def zero(a):
 
 
 @jit_helper
+def row_chunk_count(n):
+    """Chunks of n rows: one per CHUNK_MIN_ROWS rows, at most ROW_CHUNKS."""
+    return max(1, min(n // CHUNK_MIN_ROWS, ROW_CHUNKS))
+
+
+@jit_helper
 def chunk_partials(n, d):
-    """Two zeroed (chunks, d) float64 arrays of partial column sums: one chunk
-    per CHUNK_MIN_ROWS rows, at most ROW_CHUNKS."""
-    nchunks = max(1, min(n // CHUNK_MIN_ROWS, ROW_CHUNKS))
+    """Two zeroed (chunks, d) float64 arrays of partial column sums, one
+    row per chunk of ``row_chunk_count``."""
+    nchunks = row_chunk_count(n)
     p1 = np.empty((nchunks, d), dtype=np.float64)
     p2 = np.empty((nchunks, d), dtype=np.float64)
     zero(p1)

@@ -16,10 +16,12 @@ for the mean and 1 for the sum.
   per element: ``BCEWithLogitsLoss``'s forward in training mode.
 """
 
+import numpy as np
 from numba import prange
 
-from .._config import jit_helper, kernel, typed
+from .._config import is_float64, jit_helper, kernel, typed
 from ._math import exp_nonpos, log1p_unit
+from ._reduce import chunk_rows, row_chunk_count
 
 
 @kernel
@@ -101,16 +103,55 @@ def _bce_grad(x, t, w, e):
     return (one - t) - w * sig_neg
 
 
+@jit_helper
+def _bce_rows(dlogits, losses, logits, target, pos_weight, s, i0, i1, grad):
+    """Rows [i0, i1): losses[i] = the row's summed loss in float64; with
+    ``grad`` also dlogits = s * d(loss)/d(logits), exp(-|x|) computed once.
+
+    float32 writes each row's losses to a buffer and sums it afterwards: a
+    float64 accumulator inside the element loop made LLVM vectorise that loop
+    at 8 float32 lanes (for the float64 adds) instead of 16, and the exp, log
+    and two divisions per element made the loop's width its speed (forward +
+    backward of (4096, 1024), 2 threads: 1.95 -> 1.13 ms). float64 keeps the
+    accumulator in the loop (its width is 8 either way; the buffer cost it 15%)."""
+    one = typed(logits, 1.0)
+    if is_float64(logits):
+        for i in range(i0, i1):
+            acc = 0.0
+            for j in range(logits.shape[1]):
+                x = logits[i, j]
+                t = target[i, j]
+                w = one + (pos_weight[j] - one) * t
+                e = exp_nonpos(-abs(x))
+                acc += _bce_loss(x, t, w, e)
+                if grad:
+                    dlogits[i, j] = s * _bce_grad(x, t, w, e)
+            losses[i] = acc
+    else:
+        buf = np.empty(logits.shape[1], dtype=logits.dtype)
+        for i in range(i0, i1):
+            for j in range(logits.shape[1]):
+                x = logits[i, j]
+                t = target[i, j]
+                w = one + (pos_weight[j] - one) * t
+                e = exp_nonpos(-abs(x))
+                buf[j] = _bce_loss(x, t, w, e)
+                if grad:
+                    dlogits[i, j] = s * _bce_grad(x, t, w, e)
+            acc = 0.0
+            for j in range(buf.shape[0]):
+                acc += buf[j]
+            losses[i] = acc
+
+
 @kernel
 def bce_logits_forward(losses, logits, target, pos_weight):
-    one = typed(logits, 1.0)
-    for i in prange(logits.shape[0]):
-        acc = 0.0
-        for j in range(logits.shape[1]):
-            x = logits[i, j]
-            t = target[i, j]
-            acc += _bce_loss(x, t, one + (pos_weight[j] - one) * t, exp_nonpos(-abs(x)))
-        losses[i] = acc
+    n = logits.shape[0]
+    nchunks = row_chunk_count(n)
+    for c in prange(nchunks):
+        i0, i1 = chunk_rows(c, n, nchunks)
+        # no gradient: logits stands in for dlogits, never written
+        _bce_rows(logits, losses, logits, target, pos_weight, typed(logits, 1.0), i0, i1, False)
 
 
 @kernel
@@ -128,15 +169,8 @@ def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
 def bce_logits_forward_backward(dlogits, losses, logits, target, pos_weight, scale):
     """``bce_logits_forward`` and ``bce_logits_backward`` in one pass: the
     logits and targets read once, exp(-|x|) computed once."""
-    one = typed(logits, 1.0)
-    s = typed(logits, scale)
-    for i in prange(logits.shape[0]):
-        acc = 0.0
-        for j in range(logits.shape[1]):
-            x = logits[i, j]
-            t = target[i, j]
-            w = one + (pos_weight[j] - one) * t
-            e = exp_nonpos(-abs(x))
-            acc += _bce_loss(x, t, w, e)
-            dlogits[i, j] = s * _bce_grad(x, t, w, e)
-        losses[i] = acc
+    n = logits.shape[0]
+    nchunks = row_chunk_count(n)
+    for c in prange(nchunks):
+        i0, i1 = chunk_rows(c, n, nchunks)
+        _bce_rows(dlogits, losses, logits, target, pos_weight, typed(logits, scale), i0, i1, True)
