@@ -7,8 +7,10 @@ import pytest
 
 from fastnn import functional as F
 from fastnn import nn
+from fastnn.kernels import losses as K
+from fastnn.reference import losses as R
 
-from _helpers import (DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, check_loss_hands_over_its_gradient,
+from _helpers import (DTYPE_IDS, DTYPES, SHAPES, assert_close, assert_grad_close, check_loss_hands_over_its_gradient,
                       numeric_grad, randn, rng_for, run_both)
 
 KINDS = ("mse", "l1", "huber", "bce_logits")
@@ -177,6 +179,30 @@ def test_bce_loss_grad_in_one_pass_matches_reference_and_the_two_kernels(shape, 
                                     rel=8 * ulp)
     np.testing.assert_array_equal(  # the same float operations per element as the backward kernel
         d, F.pointwise_loss_backward("bce_logits", pred, target, reduction=reduction, **kw))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("n", [37, 300])
+def test_bce_kernels_cover_every_row_of_uneven_chunks(n, build, dtype):
+    """The BCE kernels share rows out in chunks (2 chunks of 18-19 rows at
+    n = 37, 16 at n = 300): every row's loss and gradient against the
+    reference, both builds (float32 sums a row from a buffer, float64 in
+    the element loop)."""
+    pred, target, kw = _inputs("bce_logits", (n, 19), dtype)
+    pos_weight = kw["pos_weight"].astype(dtype)
+    fwd = getattr(K.bce_logits_forward, build)
+    fwd_bwd = getattr(K.bce_logits_forward_backward, build)
+    losses, losses_ref = np.full(n, np.nan), np.full(n, np.nan)
+    fwd(losses, pred, target, pos_weight)
+    R.bce_logits_forward(losses_ref, pred, target, pos_weight)
+    assert_close(losses, losses_ref, "losses", dtype=dtype)
+    d, d_ref = np.full_like(pred, np.nan), np.full_like(pred, np.nan)
+    losses2 = np.full(n, np.nan)
+    fwd_bwd(d, losses2, pred, target, pos_weight, 0.5)
+    R.bce_logits_backward(d_ref, pred, target, pos_weight, 0.5)
+    np.testing.assert_array_equal(losses2, losses)
+    assert_close(d, d_ref, "dlogits")
 
 
 def test_bce_reference_loss_grad_matches_finite_differences():
