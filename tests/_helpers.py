@@ -140,6 +140,26 @@ def assert_grad_close(analytic, numeric, name, rtol=1e-5, atol=1e-7):
                                err_msg=f"{name}: analytic gradient != finite differences")
 
 
+def check_loss_keeps_its_targets(make_mod, preds, targets, rtol, atol):
+    """A loss module keeps its own targets: the caller refills one batch
+    buffer between each forward and its backward (the training forward's
+    gradient is handed over, a second backward and an eval forward's
+    backward recompute it from the kept targets), step after step, as a
+    batch loop does; each backward equals a fresh module's on the batch."""
+    mod = make_mod()
+    buf = np.empty_like(targets[0])
+    for k, (pred, target) in enumerate(zip(preds, targets)):
+        fresh = make_mod()
+        fresh.forward(pred, target.copy(), training=False)
+        want = fresh.backward()
+        for training in (True, False):
+            buf[...] = target
+            mod.forward(pred, buf, training=training)
+            buf[...] = targets[(k + 1) % len(targets)]  # refilled before the backward
+            np.testing.assert_allclose(mod.backward(), want, rtol=rtol, atol=atol)
+            np.testing.assert_allclose(mod.backward(), want, rtol=rtol, atol=atol)
+
+
 def check_loss_hands_over_its_gradient(mod, inputs, rtol, atol):
     """A loss module's training forward computes the gradient and the next
     backward hands it over; after an eval forward, and for a second backward,

@@ -11,7 +11,7 @@ from fastnn.kernels import losses as K
 from fastnn.reference import losses as R
 
 from _helpers import (DTYPE_IDS, DTYPES, SHAPES, assert_close, assert_grad_close, check_loss_hands_over_its_gradient,
-                      numeric_grad, randn, rng_for, run_both)
+                      check_loss_keeps_its_targets, numeric_grad, randn, rng_for, run_both)
 
 KINDS = ("mse", "l1", "huber", "bce_logits")
 MODULES = {"mse": lambda **kw: nn.MSELoss(**kw), "l1": lambda **kw: nn.L1Loss(**kw),
@@ -217,6 +217,14 @@ def test_bce_reference_loss_grad_matches_finite_differences():
 
     R.bce_logits_forward_backward(d, losses, pred, target, kw["pos_weight"], 1.0)
     assert_grad_close(d, numeric_grad(loss, pred), "dlogits")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_modules_keep_their_targets_when_the_caller_refills_its_buffer(kind):
+    pred, target, kw = _inputs(kind, (48, 7), np.float32)  # three batches of 16 rows
+    kw = kw if kind == "bce_logits" else {}  # (Huber's delta is in MODULES)
+    check_loss_keeps_its_targets(lambda: MODULES[kind](**kw), np.split(pred, 3), np.split(target, 3),
+                                 rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])

@@ -12,7 +12,8 @@ from fastnn.kernels import softmax_xent as K
 from fastnn.reference import softmax_xent as R
 
 from _helpers import (BIG, DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, backends,
-                      check_loss_hands_over_its_gradient, numeric_grad, randn, rng_for, run_both)
+                      check_loss_hands_over_its_gradient, check_loss_keeps_its_targets, numeric_grad, randn,
+                      rng_for, run_both)
 
 
 def _inputs(shape, dtype, scale=3.0):
@@ -408,6 +409,16 @@ def test_module_training_and_eval_forwards_give_the_same_backward(backend, soft)
     with pytest.raises(TypeError, match="dout"):
         mod.backward("x")
     np.testing.assert_allclose(mod.backward(), d, rtol=1e-5, atol=1e-9)  # still the forward's
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "targets"])
+def test_module_keeps_its_targets_when_the_caller_refills_its_buffer(soft):
+    from fastnn import nn
+
+    logits, labels = _inputs((48, 10), np.float32)  # three batches of 16 rows
+    target = np.eye(10, dtype=np.float32)[labels] if soft else labels
+    check_loss_keeps_its_targets(nn.SoftmaxCrossEntropy, np.split(logits, 3), np.split(target, 3),
+                                 rtol=1e-6, atol=1e-9)
 
 
 def _max_rows(dtype):
