@@ -131,9 +131,9 @@ def _kept_targets(target: np.ndarray, y, kept) -> np.ndarray:
     checked) itself when the checks made it a new array, else a copy, so that
     a caller refilling its batch buffer before the backward changes nothing.
     The copy goes into ``kept`` (the previous forward's) when the shape and
-    dtype match: a fresh (N, C) copy each step paid for its pages (BCE's
-    training forward at (4096, 1024) float32: 2.4 ms for the copy, 1.2 ms for
-    the kernel)."""
+    dtype match: a fresh (N, C) copy, allocated while the last one was still
+    held, paid for its pages each step (``BCEWithLogitsLoss`` forward +
+    backward, float64 (1024, 1024): 2.5-2.8 ms a step, 0.85-0.88 now)."""
     if target is not y and target.flags.owndata:
         return target
     if kept is not None and kept is not target and kept.shape == target.shape and kept.dtype == target.dtype:

@@ -206,8 +206,6 @@ def test_bce_kernels_cover_every_row_of_uneven_chunks(n, build, dtype):
 
 
 def test_bce_reference_loss_grad_matches_finite_differences():
-    from fastnn.reference import losses as R
-
     pred, target, kw = _inputs("bce_logits", (4, 5), np.float64)
     d, losses = np.empty_like(pred), np.empty(4)
 

@@ -112,8 +112,8 @@ def _bce_rows(dlogits, losses, logits, target, pos_weight, s, i0, i1, grad):
     float64 accumulator inside the element loop made LLVM vectorise that loop
     at 8 float32 lanes (for the float64 adds) instead of 16, and the exp, log
     and two divisions per element made the loop's width its speed (forward +
-    backward of (4096, 1024), 2 threads: 1.95 -> 1.13 ms). float64 keeps the
-    accumulator in the loop (its width is 8 either way; the buffer cost it 15%)."""
+    backward of (4096, 1024), 2 threads: 1.96 -> 1.19 ms). float64 keeps the
+    accumulator in the loop (8 lanes either way; the buffer cost it 10-19%)."""
     one = typed(logits, 1.0)
     if is_float64(logits):
         for i in range(i0, i1):
