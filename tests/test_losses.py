@@ -184,12 +184,12 @@ def test_bce_loss_grad_in_one_pass_matches_reference_and_the_two_kernels(shape, 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("build", ["serial", "parallel"])
 @pytest.mark.parametrize("n", [37, 300])
-def test_bce_kernels_cover_every_row_of_uneven_chunks(n, build, dtype):
-    """The BCE kernels share rows out in chunks (2 chunks of 18-19 rows at
-    n = 37, 16 at n = 300): every row's loss and gradient against the
-    reference, both builds (float32 sums a row from a buffer, float64 in
-    the element loop)."""
-    pred, target, kw = _inputs("bce_logits", (n, 19), dtype)
+@pytest.mark.parametrize("width", [7, 19])
+def test_bce_kernels_cover_every_row_of_uneven_chunks(width, n, build, dtype):
+    """float32 rows of 16 and more go in chunks with a buffer (2 chunks of
+    18-19 rows at n = 37, 16 at n = 300), shorter rows and float64 one by
+    one: every row's loss and gradient against the reference, both builds."""
+    pred, target, kw = _inputs("bce_logits", (n, width), dtype)
     pos_weight = kw["pos_weight"].astype(dtype)
     fwd = getattr(K.bce_logits_forward, build)
     fwd_bwd = getattr(K.bce_logits_forward_backward, build)

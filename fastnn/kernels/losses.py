@@ -103,22 +103,33 @@ def _bce_grad(x, t, w, e):
     return (one - t) - w * sig_neg
 
 
+# Rows at least this long (one 16-lane vector) sum their float32 losses
+# from a buffer (``_bce_rows``).
+_BUFFER_MIN_COLS = 16
+
+
 @jit_helper
-def _bce_rows(dlogits, losses, logits, target, pos_weight, s, i0, i1, grad):
-    """Rows [i0, i1): losses[i] = the row's summed loss in float64; with
-    ``grad`` also dlogits = s * d(loss)/d(logits), exp(-|x|) computed once.
+def _bce_rows(dlogits, losses, logits, target, pos_weight, s, grad):
+    """losses[i] = row i's summed loss in float64; with ``grad`` also
+    dlogits = s * d(loss)/d(logits), exp(-|x|) computed once.
 
     float32 writes each row's losses to a buffer and sums it afterwards: a
     float64 accumulator inside the element loop made LLVM vectorise that loop
     at 8 float32 lanes (for the float64 adds) instead of 16, and the exp, log
     and two divisions per element made the loop's width its speed (forward +
-    backward of (4096, 1024), 2 threads: 1.96 -> 1.19 ms). float64 keeps the
-    accumulator in the loop (8 lanes either way; the buffer cost it 10-19%)."""
+    backward of (4096, 1024), 2 threads: 1.96 -> 1.19 ms). The rows go in
+    chunks, one buffer a chunk. float64 keeps the accumulator in the loop (8
+    lanes either way; the buffer cost it 10-19%), and so do rows shorter
+    than 16, where the buffer cost more than the width saved ((1024, 1) 11.7
+    against 10.5 us, (1024, 4) 13.5 against 10.2). Their test reads the width
+    from pos_weight (C,), not from logits: told that the rows are short, LLVM
+    stopped vectorising their loop ((1024, 4) 52 us)."""
+    n, d = logits.shape
     one = typed(logits, 1.0)
-    if is_float64(logits):
-        for i in range(i0, i1):
+    if is_float64(logits) or pos_weight.shape[0] < _BUFFER_MIN_COLS:
+        for i in prange(n):
             acc = 0.0
-            for j in range(logits.shape[1]):
+            for j in range(d):
                 x = logits[i, j]
                 t = target[i, j]
                 w = one + (pos_weight[j] - one) * t
@@ -128,30 +139,29 @@ def _bce_rows(dlogits, losses, logits, target, pos_weight, s, i0, i1, grad):
                     dlogits[i, j] = s * _bce_grad(x, t, w, e)
             losses[i] = acc
     else:
-        buf = np.empty(logits.shape[1], dtype=logits.dtype)
-        for i in range(i0, i1):
-            for j in range(logits.shape[1]):
-                x = logits[i, j]
-                t = target[i, j]
-                w = one + (pos_weight[j] - one) * t
-                e = exp_nonpos(-abs(x))
-                buf[j] = _bce_loss(x, t, w, e)
-                if grad:
-                    dlogits[i, j] = s * _bce_grad(x, t, w, e)
-            acc = 0.0
-            for j in range(buf.shape[0]):
-                acc += buf[j]
-            losses[i] = acc
+        nchunks = row_chunk_count(n)
+        for c in prange(nchunks):
+            i0, i1 = chunk_rows(c, n, nchunks)
+            buf = np.empty(d, dtype=logits.dtype)
+            for i in range(i0, i1):
+                for j in range(d):
+                    x = logits[i, j]
+                    t = target[i, j]
+                    w = one + (pos_weight[j] - one) * t
+                    e = exp_nonpos(-abs(x))
+                    buf[j] = _bce_loss(x, t, w, e)
+                    if grad:
+                        dlogits[i, j] = s * _bce_grad(x, t, w, e)
+                acc = 0.0
+                for j in range(d):
+                    acc += buf[j]
+                losses[i] = acc
 
 
 @kernel
 def bce_logits_forward(losses, logits, target, pos_weight):
-    n = logits.shape[0]
-    nchunks = row_chunk_count(n)
-    for c in prange(nchunks):
-        i0, i1 = chunk_rows(c, n, nchunks)
-        # no gradient: logits stands in for dlogits, never written
-        _bce_rows(logits, losses, logits, target, pos_weight, typed(logits, 1.0), i0, i1, False)
+    # no gradient: logits stands in for dlogits, never written
+    _bce_rows(logits, losses, logits, target, pos_weight, typed(logits, 1.0), False)
 
 
 @kernel
@@ -169,8 +179,4 @@ def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
 def bce_logits_forward_backward(dlogits, losses, logits, target, pos_weight, scale):
     """``bce_logits_forward`` and ``bce_logits_backward`` in one pass: the
     logits and targets read once, exp(-|x|) computed once."""
-    n = logits.shape[0]
-    nchunks = row_chunk_count(n)
-    for c in prange(nchunks):
-        i0, i1 = chunk_rows(c, n, nchunks)
-        _bce_rows(dlogits, losses, logits, target, pos_weight, typed(logits, scale), i0, i1, True)
+    _bce_rows(dlogits, losses, logits, target, pos_weight, typed(logits, scale), True)
