@@ -148,10 +148,14 @@ def _work(kernels, name, a):
     return int(a.size * kernels.COST[name][a.dtype.itemsize > 4])
 
 
-def _new(out, name, shape, dtype, apart=()):
+def _new(out, name, shape, dtype, apart=(), inputs=()):
     """A fresh output array, or the caller's ``out`` checked; ``apart``:
     (name, array) pairs it must not overlap, arrays the kernel still reads
-    after it starts writing ``out`` (or other outputs)."""
+    after it starts writing ``out`` (or other outputs). ``inputs``: (name,
+    array) pairs of out's shape that the kernel reads element by element,
+    each element before it writes the same element of ``out``: ``out`` may
+    be one of them exactly (in place), but not overlap one otherwise (the
+    kernel would read elements it has already overwritten)."""
     if out is None:
         return _memory.empty(shape, dtype)
     out = V.out_array(name, out, shape, dtype)
@@ -159,7 +163,18 @@ def _new(out, name, shape, dtype, apart=()):
         if other is not None and np.may_share_memory(out, other):
             raise ValueError(f"{name} must not share memory with {other_name}: "
                              f"the kernel reads {other_name} after it writes {name}")
+    for other_name, other in inputs:
+        if other is not None and np.may_share_memory(out, other) and not _same_memory(out, other):
+            raise ValueError(f"{name} must be {other_name} itself or not share memory with it: "
+                             f"it overlaps part of {other_name}, whose elements the kernel "
+                             f"would read after overwriting them")
     return out
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether a and b are the same C-contiguous memory, element for element."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.nbytes == b.nbytes and a.dtype == b.dtype and b.flags.c_contiguous)
 
 
 # ---------------------------------------------------------------------- linear
@@ -227,7 +242,7 @@ def activation(name, x, *, alpha=0.01, out=None, backend=None):
     """y = act(x), elementwise, any shape, dtype preserved."""
     extra = _act_args(name, alpha)
     x = V.float_array("x", x)
-    y = _new(out, "out", x.shape, x.dtype)
+    y = _new(out, "out", x.shape, x.dtype, inputs=(("x", x),))
     if _finite_maybe and _check_finite:
         _finite(f"{name}_forward", "received", x=x)
     fwd = name + "_forward"
@@ -247,7 +262,8 @@ def activation_backward(name, dy, saved, *, alpha=0.01, out=None, backend=None):
     saved = V.float_array("y" if name in SAVES_OUTPUT else "x", saved)
     dy = V.float_array("dy", dy, dtype=saved.dtype)
     V.same_shape("dy", dy, "the forward's input", saved)
-    dx = _new(out, "out", saved.shape, saved.dtype)
+    dx = _new(out, "out", saved.shape, saved.dtype,
+              inputs=(("dy", dy), ("y" if name in SAVES_OUTPUT else "x", saved)))
     if _finite_maybe and _check_finite:
         _finite(f"{name}_backward", "received", dy=dy)
     bwd = name + "_backward"
@@ -337,7 +353,7 @@ def softmax_xent_backward(probs, target, *, out=None, backend=None):
     probs = V.float_array("probs", probs, ndim=2)
     n, c = probs.shape
     target = _xent_target(target, n, c, probs.dtype)
-    d = _new(out, "out", (n, c), probs.dtype)
+    d = _new(out, "out", (n, c), probs.dtype, inputs=(("probs", probs), ("target", target)))
     if _finite_maybe and _check_finite:
         _finite("softmax_xent_backward", "received", probs=probs)
     _xent_run("backward", (d,), (probs,), target, backend)
@@ -398,7 +414,8 @@ def softmax_xent_grad(logits, stats, target, *, out=None, backend=None):
         raise ValueError(f"rowmax and rowsum must have {n} entries (one per row of logits), "
                          f"got {rowmax.size} and {rowsum.size}")
     target = _xent_target(target, n, c, logits.dtype)
-    d = _new(out, "out", (n, c), logits.dtype)
+    d = _new(out, "out", (n, c), logits.dtype, apart=(("rowmax", rowmax), ("rowsum", rowsum)),
+             inputs=(("logits", logits), ("target", target)))
     _xent_run("grad", (d,), (logits, rowmax, rowsum), target, backend)
     return d
 
@@ -504,7 +521,8 @@ def pointwise_loss_backward(kind, pred, target, *, reduction="mean", delta=1.0, 
     """d(loss)/d(pred) for ``pointwise_loss``: an array of pred's shape."""
     pred2, target2, delta, pos_weight = _loss_args(kind, pred, target, reduction, delta, pos_weight)
     scale = 1.0 / pred2.size if reduction == "mean" else 1.0
-    d = _new(out, "out", np.shape(pred), pred2.dtype)
+    d = _new(out, "out", np.shape(pred), pred2.dtype, apart=(("pos_weight", pos_weight),),
+             inputs=(("pred", pred2), ("target", target2)))
     _pointwise_backward(kind, pred2, target2, delta, pos_weight, scale,
                         d.reshape(pred2.shape), backend)
     return d
@@ -567,7 +585,9 @@ def batchnorm(x, gamma, beta, *, eps=1e-5, training=True, running_mean=None, run
             if r.shape != (d,):
                 raise ValueError(f"{name} must have shape ({d},), got {r.shape}")
     numba_ = _numba(backend)
-    y = _new(out, "out", (n, d), x.dtype)
+    y = _new(out, "out", (n, d), x.dtype,
+             apart=(("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                    ("running_var", running_var)), inputs=(("x", x),))
     if _finite_maybe and _check_finite:
         _finite("batchnorm_forward", "received", x=x)
     if not training:
@@ -642,7 +662,7 @@ def layernorm(x, gamma, beta, *, eps=1e-5, out=None, backend=None):
     gamma, beta, eps = _norm_params(x, gamma, beta, eps, d)
     x2 = x.reshape(-1, d)
     m = x2.shape[0]
-    y = _new(out, "out", x.shape, x.dtype)
+    y = _new(out, "out", x.shape, x.dtype, apart=(("gamma", gamma), ("beta", beta)), inputs=(("x", x),))
     mean = np.empty(m, x.dtype)
     rstd = np.empty(m, x.dtype)
     if _finite_maybe and _check_finite:
@@ -723,7 +743,7 @@ def dropout(x, p, *, seed, step, training=True, out=None, mask=None, backend=Non
         _finite("dropout_forward", "received", x=x)
     if not training or p == 0.0:
         return x, None
-    y = _new(out, "out", x.shape, x.dtype)
+    y = _new(out, "out", x.shape, x.dtype, inputs=(("x", x),))
     mask = _new(mask, "mask", x.shape, np.dtype(np.uint8), apart=(("x", x), ("out", y)))
     args = (y.reshape(-1), mask.reshape(-1), x.reshape(-1), seed, step,
             K_drop.dropout_threshold(p), 1.0 / (1.0 - p), offset)
@@ -750,7 +770,7 @@ def dropout_by_key(x, p, *, seed, step, row_offset=0, out=None, backend=None, na
         _finite("dropout_by_key", "received", **{name: x})
     if p == 0.0:
         return x
-    y = _new(out, "out", x.shape, x.dtype)
+    y = _new(out, "out", x.shape, x.dtype, inputs=((name, x),))
     args = (y.reshape(-1), x.reshape(-1), seed, step, K_drop.dropout_threshold(p), 1.0 / (1.0 - p), offset)
     if _numba(backend):
         K_drop.dropout_by_key(*args, work=_work(K_drop, "dropout_by_key", x))
@@ -790,7 +810,7 @@ def dropout_backward(dy, mask, p, *, out=None, backend=None):
     if mask.shape != dy.shape:
         raise ValueError(f"dy must have the shape of the dropout mask {mask.shape} (the forward's input), got {dy.shape}")
     mask = np.ascontiguousarray(mask)
-    dx = _new(out, "out", dy.shape, dy.dtype)
+    dx = _new(out, "out", dy.shape, dy.dtype, apart=(("mask", mask),), inputs=(("dy", dy),))
     args = (dx.reshape(-1), dy.reshape(-1), mask.reshape(-1), 1.0 / (1.0 - p))
     if _numba(backend):
         K_drop.dropout_backward(*args, work=_work(K_drop, "dropout_backward", dy))

@@ -543,6 +543,55 @@ def test_output_buffers_that_overlap_what_the_kernel_reads_are_refused(case, bac
         call(backend)
 
 
+def _in_place_calls():
+    """(what out may be, a call that writes out = f(the array and the rest)), for every op
+    whose out may be an input: the call takes (array, out) and returns out."""
+    rng = np.random.default_rng(1)
+    xb = rng.standard_normal((5, 4)).astype(f32)
+    dy = rng.standard_normal((5, 4)).astype(f32)
+    g, b = np.full(4, 1.5, f32), np.full(4, 0.25, f32)
+    labels = np.arange(5) % 4
+    probs, _ = F.softmax_xent(xb, labels)[1:]
+    _, stats, _ = F.softmax_xent_loss(xb, labels)
+    mask = F.dropout_mask((5, 4), 0.5, seed=0, step=1)
+    kw = dict(seed=0, step=1)
+    calls = [("x", lambda v, o, be, act=act: F.activation(act, v, out=o, backend=be)) for act in
+             ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu")]
+    calls += [("dy", lambda v, o, be: F.activation_backward("silu", v, xb, out=o, backend=be)),
+              ("x", lambda v, o, be: F.activation_backward("gelu", dy, v, out=o, backend=be)),
+              ("y", lambda v, o, be: F.activation_backward("tanh", dy, v, out=o, backend=be)),
+              ("probs", lambda v, o, be: F.softmax_xent_backward(v, labels, out=o, backend=be)),
+              ("logits", lambda v, o, be: F.softmax_xent_grad(v, stats, labels, out=o, backend=be)),
+              ("pred", lambda v, o, be: F.pointwise_loss_backward("huber", v, dy, out=o, backend=be)),
+              ("target", lambda v, o, be: F.pointwise_loss_backward("mse", dy, v, out=o, backend=be)),
+              ("x", lambda v, o, be: F.batchnorm(v, g, b, out=o, backend=be)[0]),
+              ("x", lambda v, o, be: F.layernorm(v, g, b, out=o, backend=be)[0]),
+              ("x", lambda v, o, be: F.dropout_by_key(v, 0.5, out=o, backend=be, **kw)),
+              ("x", lambda v, o, be: F.dropout(v, 0.5, out=o, backend=be, **kw)[0]),
+              ("dy", lambda v, o, be: F.dropout_backward(v, mask, 0.5, out=o, backend=be))]
+    inputs = {"x": xb, "dy": dy, "y": np.tanh(xb), "probs": probs, "logits": xb, "pred": xb, "target": dy}
+    return [(name, call, inputs[name]) for name, call in calls]
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("case", range(18))
+def test_outputs_may_be_an_input_exactly_but_not_overlap_it(case, backend):
+    """In place (out is the input) gives the out-of-place result; an out that
+    overlaps part of the input (a shifted view of one buffer) is refused
+    before any kernel runs: the kernel would read elements it had already
+    overwritten (the numba build's answer then differed from NumPy's)."""
+    name, call, v = _in_place_calls()[case]
+    expected = call(v.copy(), None, backend)
+    inplace = v.copy()
+    assert call(inplace, inplace, backend) is inplace
+    np.testing.assert_allclose(inplace, expected, rtol=1e-6, atol=1e-7)
+    buf = np.zeros((v.shape[0] + 1,) + v.shape[1:], v.dtype)
+    shifted = buf[1:]
+    shifted[...] = v
+    with pytest.raises(ValueError, match=rf"^out must be {name} itself or not share memory with it"):
+        call(shifted, buf[:-1], backend)
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_element_wise_outputs_may_be_their_input(backend):
     x = np.linspace(-2, 2, 12, dtype=f32).reshape(3, 4)
