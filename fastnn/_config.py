@@ -387,6 +387,24 @@ def _is_float64_overload(a):
     return lambda a: False
 
 
+def same_data(a, b) -> bool:
+    """Whether arrays ``a`` and ``b`` start at the same address: a kernel
+    called in place (``out`` is an input), inside kernels and in Python.
+
+    LLVM vectorises a loop ``y[i] = f(x[i])`` behind a run-time check that
+    y and x do not overlap; in place they do, and the loop ran its scalar
+    fallback: 3-35x slower in the serial builds (ReLU's backward with
+    dx = dy, 262k float32 elements, 1013 against 28 us). Kernels that may
+    run in place pass the one array for both (``_relu_forward(y, y)``): a
+    loop that reads and writes through the same pointer needs no check."""
+    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
+@overload(same_data, inline="always")
+def _same_data_overload(a, b):
+    return lambda a, b: a.ctypes.data == b.ctypes.data
+
+
 def set_num_threads(n: int, blas: bool = True) -> None:
     """Set the thread count of fastnn's parallel kernels and, with ``blas``,
     of NumPy's BLAS (through threadpoolctl) to the same number.

@@ -203,3 +203,32 @@ def test_float64_gelu_matches_the_formula_and_its_negative_tail(backend):
     part = slice(None) if backend == "numba" else mid
     np.testing.assert_allclose(y[part], want[part, 0], rtol=1e-13, atol=0)
     np.testing.assert_allclose(dx[part], want[part, 1], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_kernels_in_place_equal_out_of_place(name, dtype, build):
+    """Each kernel called in place (y = x; dx = dy; dx = the saved array)
+    takes its own loop (``_config.same_data``): the same values as out of
+    place, in both builds."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(1000) * 3).astype(dtype)
+    dy = rng.standard_normal(1000).astype(dtype)
+    extra = (0.01,) if name == "leaky_relu" else ()
+    fwd = getattr(getattr(K, name + "_forward"), build)
+    bwd = getattr(getattr(K, name + "_backward"), build)
+    y = np.empty_like(x)
+    fwd(y, x, *extra)
+    saved = y if name in F.SAVES_OUTPUT else x
+    dx = np.empty_like(x)
+    bwd(dx, dy, saved, *extra)
+    inplace = x.copy()
+    fwd(inplace, inplace, *extra)
+    np.testing.assert_array_equal(inplace, y)
+    into_dy = dy.copy()
+    bwd(into_dy, into_dy, saved, *extra)
+    np.testing.assert_array_equal(into_dy, dx)
+    into_saved = saved.copy()
+    bwd(into_saved, dy, into_saved, *extra)
+    np.testing.assert_array_equal(into_saved, dx)

@@ -313,3 +313,28 @@ def test_dropout_mask_checks_its_arguments():
     assert F.dropout_mask(7, 0.5, seed=1, step=1).shape == (7,)
     with pytest.raises(TypeError, match="dy must be"):
         F.dropout_by_key("a", 0.5, seed=1, step=1, name="dy")
+
+
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_kernels_in_place_equal_out_of_place(dtype, build):
+    """dropout_forward and dropout_by_key with y = x, dropout_backward with
+    dx = dy: their own loops (``_config.same_data``), the same values."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(5000).astype(dtype)
+    threshold, scale = K.dropout_threshold(0.3), 1 / 0.7
+    fwd, by_key, bwd = (getattr(k, build) for k in (K.dropout_forward, K.dropout_by_key, K.dropout_backward))
+    y, mask = np.empty_like(x), np.empty(x.shape, np.uint8)
+    fwd(y, mask, x, 5, 7, threshold, scale, 3)
+    inplace, mask2 = x.copy(), np.empty(x.shape, np.uint8)
+    fwd(inplace, mask2, inplace, 5, 7, threshold, scale, 3)
+    np.testing.assert_array_equal(inplace, y)
+    np.testing.assert_array_equal(mask2, mask)
+    inplace = x.copy()
+    by_key(inplace, inplace, 5, 7, threshold, scale, 3)
+    np.testing.assert_array_equal(inplace, y)
+    dx = np.empty_like(x)
+    bwd(dx, x, mask, scale)
+    inplace = x.copy()
+    bwd(inplace, inplace, mask, scale)
+    np.testing.assert_array_equal(inplace, dx)

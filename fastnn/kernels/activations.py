@@ -15,7 +15,7 @@ from numba import prange
 from numba.core import types as nbtypes
 from numba.extending import overload
 
-from .._config import jit_helper, kernel, typed
+from .._config import jit_helper, kernel, same_data, typed
 from ._math import exp_nonpos, tanh_value
 
 GELU_C = np.sqrt(2.0 / np.pi)
@@ -212,9 +212,14 @@ COST = {
 }
 
 
-@kernel
-def relu_forward(y, x):
-    """y = max(x, 0)."""
+# Each kernel's loop is a helper that the kernel calls with the output
+# array passed for the input it replaces when the two are the same memory
+# (``_config.same_data``): ``F.relu(x, out=x)``, or a backward with
+# ``out=dy``, then runs vectorised too.
+
+
+@jit_helper
+def _relu_forward(y, x):
     zero = typed(x, 0.0)
     for i in prange(x.shape[0]):
         v = x[i]
@@ -222,16 +227,34 @@ def relu_forward(y, x):
 
 
 @kernel
-def relu_backward(dx, dy, x):
-    """dx = dy * (x > 0)."""
+def relu_forward(y, x):
+    """y = max(x, 0)."""
+    if same_data(y, x):
+        _relu_forward(y, y)
+    else:
+        _relu_forward(y, x)
+
+
+@jit_helper
+def _relu_backward(dx, dy, x):
     zero = typed(x, 0.0)
     for i in prange(x.shape[0]):
         dx[i] = dy[i] if x[i] > zero else zero
 
 
 @kernel
-def leaky_relu_forward(y, x, alpha):
-    """y = x if x > 0 else alpha * x."""
+def relu_backward(dx, dy, x):
+    """dx = dy * (x > 0)."""
+    if same_data(dx, dy):
+        _relu_backward(dx, dx, x)
+    elif same_data(dx, x):
+        _relu_backward(dx, dy, dx)
+    else:
+        _relu_backward(dx, dy, x)
+
+
+@jit_helper
+def _leaky_relu_forward(y, x, alpha):
     zero = typed(x, 0.0)
     a = typed(x, alpha)
     for i in prange(x.shape[0]):
@@ -240,8 +263,16 @@ def leaky_relu_forward(y, x, alpha):
 
 
 @kernel
-def leaky_relu_backward(dx, dy, x, alpha):
-    """dx = dy * (1 if x > 0 else alpha)."""
+def leaky_relu_forward(y, x, alpha):
+    """y = x if x > 0 else alpha * x."""
+    if same_data(y, x):
+        _leaky_relu_forward(y, y, alpha)
+    else:
+        _leaky_relu_forward(y, x, alpha)
+
+
+@jit_helper
+def _leaky_relu_backward(dx, dy, x, alpha):
     zero = typed(x, 0.0)
     a = typed(x, alpha)
     for i in prange(x.shape[0]):
@@ -250,15 +281,33 @@ def leaky_relu_backward(dx, dy, x, alpha):
 
 
 @kernel
-def sigmoid_forward(y, x):
-    """y = 1 / (1 + exp(-x)), overflow-free for any finite x."""
+def leaky_relu_backward(dx, dy, x, alpha):
+    """dx = dy * (1 if x > 0 else alpha)."""
+    if same_data(dx, dy):
+        _leaky_relu_backward(dx, dx, x, alpha)
+    elif same_data(dx, x):
+        _leaky_relu_backward(dx, dy, dx, alpha)
+    else:
+        _leaky_relu_backward(dx, dy, x, alpha)
+
+
+@jit_helper
+def _sigmoid_forward(y, x):
     for i in prange(x.shape[0]):
         y[i] = sigmoid_value(x[i])
 
 
 @kernel
-def sigmoid_backward(dx, dy, y):
-    """dx = dy * y * (1 - y), from the forward's output y."""
+def sigmoid_forward(y, x):
+    """y = 1 / (1 + exp(-x)), overflow-free for any finite x."""
+    if same_data(y, x):
+        _sigmoid_forward(y, y)
+    else:
+        _sigmoid_forward(y, x)
+
+
+@jit_helper
+def _sigmoid_backward(dx, dy, y):
     one = typed(y, 1.0)
     for i in prange(y.shape[0]):
         s = y[i]
@@ -266,15 +315,33 @@ def sigmoid_backward(dx, dy, y):
 
 
 @kernel
-def tanh_forward(y, x):
-    """y = tanh(x)."""
+def sigmoid_backward(dx, dy, y):
+    """dx = dy * y * (1 - y), from the forward's output y."""
+    if same_data(dx, dy):
+        _sigmoid_backward(dx, dx, y)
+    elif same_data(dx, y):
+        _sigmoid_backward(dx, dy, dx)
+    else:
+        _sigmoid_backward(dx, dy, y)
+
+
+@jit_helper
+def _tanh_forward(y, x):
     for i in prange(x.shape[0]):
         y[i] = tanh_value(x[i])
 
 
 @kernel
-def tanh_backward(dx, dy, y):
-    """dx = dy * (1 - y^2), from the forward's output y."""
+def tanh_forward(y, x):
+    """y = tanh(x)."""
+    if same_data(y, x):
+        _tanh_forward(y, y)
+    else:
+        _tanh_forward(y, x)
+
+
+@jit_helper
+def _tanh_backward(dx, dy, y):
     one = typed(y, 1.0)
     for i in prange(y.shape[0]):
         t = y[i]
@@ -282,33 +349,80 @@ def tanh_backward(dx, dy, y):
 
 
 @kernel
-def gelu_forward(y, x):
-    """y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+def tanh_backward(dx, dy, y):
+    """dx = dy * (1 - y^2), from the forward's output y."""
+    if same_data(dx, dy):
+        _tanh_backward(dx, dx, y)
+    elif same_data(dx, y):
+        _tanh_backward(dx, dy, dx)
+    else:
+        _tanh_backward(dx, dy, y)
+
+
+@jit_helper
+def _gelu_forward(y, x):
     for i in prange(x.shape[0]):
         y[i] = gelu_fn(x[i], x[i])
+
+
+@kernel
+def gelu_forward(y, x):
+    """y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if same_data(y, x):
+        _gelu_forward(y, y)
+    else:
+        _gelu_forward(y, x)
+
+
+@jit_helper
+def _gelu_backward(dx, dy, x):
+    for i in prange(x.shape[0]):
+        dx[i] = dy[i] * gelu_grad(x[i])
 
 
 @kernel
 def gelu_backward(dx, dy, x):
     """dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)),
     t = tanh(sqrt(2/pi) (x + 0.044715 x^3)); x clipped to +-30 (see GELU_CLIP)."""
-    for i in prange(x.shape[0]):
-        dx[i] = dy[i] * gelu_grad(x[i])
+    if same_data(dx, dy):
+        _gelu_backward(dx, dx, x)
+    elif same_data(dx, x):
+        _gelu_backward(dx, dy, dx)
+    else:
+        _gelu_backward(dx, dy, x)
 
 
-@kernel
-def silu_forward(y, x):
-    """y = x * sigmoid(x)."""
+@jit_helper
+def _silu_forward(y, x):
     for i in prange(x.shape[0]):
         v = x[i]
         y[i] = v * sigmoid_value(v)
 
 
 @kernel
-def silu_backward(dx, dy, x):
-    """dx = dy * s (1 + x (1 - s)), s = sigmoid(x)."""
+def silu_forward(y, x):
+    """y = x * sigmoid(x)."""
+    if same_data(y, x):
+        _silu_forward(y, y)
+    else:
+        _silu_forward(y, x)
+
+
+@jit_helper
+def _silu_backward(dx, dy, x):
     one = typed(x, 1.0)
     for i in prange(x.shape[0]):
         v = x[i]
         s = sigmoid_value(v)
         dx[i] = dy[i] * s * (one + v * (one - s))
+
+
+@kernel
+def silu_backward(dx, dy, x):
+    """dx = dy * s (1 + x (1 - s)), s = sigmoid(x)."""
+    if same_data(dx, dy):
+        _silu_backward(dx, dx, x)
+    elif same_data(dx, x):
+        _silu_backward(dx, dy, dx)
+    else:
+        _silu_backward(dx, dy, x)

@@ -26,7 +26,7 @@ from numba import prange
 from numba.core import types as nbtypes
 from numba.extending import intrinsic
 
-from .._config import jit_helper, kernel, typed
+from .._config import jit_helper, kernel, same_data, typed
 
 H1 = np.uint32(0x7FEB352D)  # lowbias32's multipliers
 H2 = np.uint32(0x846CA68B)
@@ -110,10 +110,15 @@ def dropout_forward(y, mask, x, seed, step, threshold, scale, offset=0):
     """mask[i] = top24(hash(offset + i, key(seed, step))) >= threshold; y = x * mask * scale."""
     n = x.shape[0]
     key_lo, key_hi = dropout_key(seed, step)
+    in_place = same_data(y, x)  # then one array for both: see _config.same_data
     for c in prange((n + CHUNK - 1) // CHUNK):
         i0 = c * CHUNK
         i1 = min(i0 + CHUNK, n)
-        dropout_row(y[i0:i1], mask[i0:i1], x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
+        yc = y[i0:i1]
+        if in_place:
+            dropout_row(yc, mask[i0:i1], yc, offset + i0, key_lo, key_hi, threshold, scale)
+        else:
+            dropout_row(yc, mask[i0:i1], x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
 
 
 @kernel
@@ -150,15 +155,28 @@ def dropout_by_key(y, x, seed, step, threshold, scale, offset=0):
     multiplies) took twice as long (docs/design.md)."""
     n = x.shape[0]
     key_lo, key_hi = dropout_key(seed, step)
+    in_place = same_data(y, x)  # then one array for both: see _config.same_data
     for c in prange((n + CHUNK - 1) // CHUNK):
         i0 = c * CHUNK
         i1 = min(i0 + CHUNK, n)
-        dropout_row_by_key(y[i0:i1], x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
+        yc = y[i0:i1]
+        if in_place:
+            dropout_row_by_key(yc, yc, offset + i0, key_lo, key_hi, threshold, scale)
+        else:
+            dropout_row_by_key(yc, x[i0:i1], offset + i0, key_lo, key_hi, threshold, scale)
+
+
+@jit_helper
+def _dropout_backward(dx, dy, mask, scale):
+    s = typed(dy, scale)
+    for i in prange(dy.shape[0]):
+        dx[i] = dy[i] * (typed(dy, mask[i]) * s)
 
 
 @kernel
 def dropout_backward(dx, dy, mask, scale):
     """dx = dy * mask * scale."""
-    s = typed(dy, scale)
-    for i in prange(dy.shape[0]):
-        dx[i] = dy[i] * (typed(dy, mask[i]) * s)
+    if same_data(dx, dy):  # in place: one array for both (see _config.same_data)
+        _dropout_backward(dx, dx, mask, scale)
+    else:
+        _dropout_backward(dx, dy, mask, scale)
