@@ -173,6 +173,8 @@ def _new(out, name, shape, dtype, apart=(), inputs=()):
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether a and b are the same C-contiguous memory, element for element."""
+    if a is b:  # the common case (``out=x``), without the ~1.6 us of the addresses
+        return True
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.nbytes == b.nbytes and a.dtype == b.dtype and b.flags.c_contiguous)
 

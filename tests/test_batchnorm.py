@@ -258,3 +258,25 @@ def test_gradient_buffers_are_overwritten(backend):
     xhat = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5)
     np.testing.assert_allclose(dg, (dy * xhat).sum(0), rtol=1e-10)
     np.testing.assert_allclose(db, dy.sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_forward_kernels_in_place_equal_out_of_place(dtype, build):
+    """The training and eval forwards with y = x (their own loop,
+    ``_config.same_data``): the same values, in both builds."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((67, 13)) * 2 + 1).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 2, 13).astype(dtype), rng.standard_normal(13).astype(dtype)
+    rm, rv = rng.standard_normal(13).astype(dtype), rng.uniform(0.5, 2, 13).astype(dtype)
+    fwd, ev = getattr(K.batchnorm_forward, build), getattr(K.batchnorm_forward_eval, build)
+    stats = [np.empty(13, dtype) for _ in range(3)]
+    want = np.empty_like(x)
+    fwd(want, *stats, x, gamma, beta, 1e-5)
+    inplace = x.copy()
+    fwd(inplace, *stats, inplace, gamma, beta, 1e-5)
+    np.testing.assert_array_equal(inplace, want)
+    ev(want, x, rm, rv, gamma, beta, 1e-5)
+    inplace = x.copy()
+    ev(inplace, inplace, rm, rv, gamma, beta, 1e-5)
+    np.testing.assert_array_equal(inplace, want)

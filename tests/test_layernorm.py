@@ -163,3 +163,19 @@ def test_is_float64_picks_the_backward_path_by_dtype():
         a = np.zeros(3, dtype)
         assert compiled(a) is expected
         assert is_float64(a) is expected
+
+
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_forward_kernel_in_place_equals_out_of_place(dtype, build):
+    """The forward with y = x (its own loop, ``_config.same_data``): the
+    same values and statistics, in both builds."""
+    x, gamma, beta, _ = _inputs((67, 13), dtype)
+    fwd = getattr(K.layernorm_forward, build)
+    want, mean, rstd = np.empty_like(x), np.empty(67, dtype), np.empty(67, dtype)
+    fwd(want, mean, rstd, x, gamma, beta, 1e-5)
+    inplace, mean2, rstd2 = x.copy(), np.empty(67, dtype), np.empty(67, dtype)
+    fwd(inplace, mean2, rstd2, inplace, gamma, beta, 1e-5)
+    np.testing.assert_array_equal(inplace, want)
+    np.testing.assert_array_equal(mean2, mean)
+    np.testing.assert_array_equal(rstd2, rstd)

@@ -234,3 +234,22 @@ def test_bce_module_training_and_eval_forwards_give_the_same_backward(backend):
     flat = nn.BCEWithLogitsLoss()  # (N,) logits come back in their own shape
     flat.forward(pred[:, 0], target[:, 0])
     assert flat.backward().shape == (16,)
+
+
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_kernels_in_place_equal_out_of_place(kind, dtype, build):
+    """Each backward kernel with dpred = pred or dpred = target (its own
+    loop, ``_config.same_data``): the same values, in both builds."""
+    pred, target, kw = _inputs(kind, (37, 19), dtype)
+    extra = (0.7,) if kind == "huber" else (kw["pos_weight"].astype(dtype),) if kind == "bce_logits" else ()
+    bwd = getattr(getattr(K, kind + "_backward"), build)
+    want = np.empty_like(pred)
+    bwd(want, pred, target, *extra, 0.5)
+    into_pred = pred.copy()
+    bwd(into_pred, into_pred, target, *extra, 0.5)
+    np.testing.assert_array_equal(into_pred, want)
+    into_target = target.copy()
+    bwd(into_target, pred, into_target, *extra, 0.5)
+    np.testing.assert_array_equal(into_target, want)

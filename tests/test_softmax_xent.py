@@ -553,3 +553,36 @@ def test_prefetch_next_emits_prefetches_and_changes_nothing():
             np.testing.assert_array_equal(a, before)
         asm = "\n".join(touch_all.inspect_asm().values())
         assert re.search(r"\bprefetch(t0|nta|t1|t2)?\b", asm), "no prefetch instruction emitted"
+
+
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_gradient_kernels_in_place_equal_out_of_place(dtype, build):
+    """The backward and grad kernels with dlogits = probs, logits or the
+    targets (their own loops, ``_config.same_data``): the same values, to
+    a few ulp (the grad's exps may be split between vector and scalar code
+    differently)."""
+    logits, labels = _inputs((37, 11), dtype)
+    targets = np.eye(11, dtype=dtype)[labels] * 0.75 + 0.25 / 11
+    n = logits.shape[0]
+    rowmax, rowsum, losses = np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype)
+    kern = {name: getattr(getattr(K, name), build) for name in (
+        "softmax_xent_loss_labels", "softmax_xent_backward_labels", "softmax_xent_backward_targets",
+        "softmax_xent_grad_labels", "softmax_xent_grad_targets")}
+    kern["softmax_xent_loss_labels"](rowmax, rowsum, losses, logits, labels)
+    probs = np.exp(logits - rowmax[:, None]) / rowsum[:, None]
+    cases = [("softmax_xent_backward_labels", (probs, labels), 0),
+             ("softmax_xent_backward_targets", (probs, targets), 0),
+             ("softmax_xent_backward_targets", (probs, targets), 1),
+             ("softmax_xent_grad_labels", (logits, rowmax, rowsum, labels), 0),
+             ("softmax_xent_grad_targets", (logits, rowmax, rowsum, targets), 0),
+             ("softmax_xent_grad_targets", (logits, rowmax, rowsum, targets), 3)]
+    for name, args, k in cases:  # k: the argument that dlogits replaces
+        want = np.empty_like(logits)
+        kern[name](want, *args)
+        args = list(args)
+        args[k] = args[k].copy()
+        kern[name](args[k], *args)
+        ulp = float(np.finfo(dtype).eps)
+        np.testing.assert_allclose(args[k], want, rtol=4 * ulp, atol=4 * ulp * float(np.abs(want).max()),
+                                   err_msg=f"{name}, dlogits = argument {k}")

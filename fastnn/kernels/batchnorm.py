@@ -16,7 +16,7 @@ when the mean is large against the spread. Gradients are overwritten.
 import numpy as np
 from numba import prange
 
-from .._config import jit_helper, kernel, typed
+from .._config import jit_helper, kernel, same_data, typed
 from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush, zero
 
 
@@ -115,7 +115,10 @@ def batchnorm_forward(y, mean, var, rstd, x, gamma, beta, eps):
         var[j] = v
         rstd[j] = r
         a[j] = r * gamma[j]
-    _normalise(y, x, mean, a, beta)
+    if same_data(y, x):  # in place: one array for both (see _config.same_data)
+        _normalise(y, y, mean, a, beta)
+    else:
+        _normalise(y, x, mean, a, beta)
 
 
 @kernel
@@ -140,7 +143,10 @@ def batchnorm_forward_eval(y, x, running_mean, running_var, gamma, beta, eps):
     for j in range(d):
         r = 1.0 / np.sqrt(running_var[j] + eps)
         a[j] = r * gamma[j]
-    _normalise(y, x, running_mean, a, beta)
+    if same_data(y, x):  # in place: one array for both (see _config.same_data)
+        _normalise(y, y, running_mean, a, beta)
+    else:
+        _normalise(y, x, running_mean, a, beta)
 
 
 @kernel

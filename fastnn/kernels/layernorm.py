@@ -13,7 +13,7 @@ while it is in L1 and the rest of memory once.
 import numpy as np
 from numba import prange
 
-from .._config import is_float64, jit_helper, kernel, typed
+from .._config import is_float64, jit_helper, kernel, same_data, typed
 from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush, zero
 
 
@@ -27,13 +27,8 @@ from ._reduce import FLUSH_ROWS, add_partials, chunk_partials, chunk_rows, flush
 COST = {"layernorm_forward": (0.8, 1.6), "layernorm_backward": (1.4, 4.6)}
 
 
-@kernel
-def layernorm_forward(y, mean, rstd, x, gamma, beta, eps):
-    """mean, rstd = 1/sqrt(var + eps) per row; y = (x - mean) * rstd * gamma + beta.
-
-    One pass for the statistics: sums of (x - x[i, 0]) and its square in
-    float64 (the shift keeps a large mean from cancelling the variance),
-    then one pass writing y in x's dtype."""
+@jit_helper
+def _layernorm_forward(y, mean, rstd, x, gamma, beta, eps):
     n, d = x.shape
     for i in prange(n):
         x0 = np.float64(x[i, 0])
@@ -52,6 +47,19 @@ def layernorm_forward(y, mean, rstd, x, gamma, beta, eps):
         rt = rstd[i]
         for j in range(d):
             y[i, j] = (x[i, j] - m) * rt * gamma[j] + beta[j]
+
+
+@kernel
+def layernorm_forward(y, mean, rstd, x, gamma, beta, eps):
+    """mean, rstd = 1/sqrt(var + eps) per row; y = (x - mean) * rstd * gamma + beta.
+
+    One pass for the statistics: sums of (x - x[i, 0]) and its square in
+    float64 (the shift keeps a large mean from cancelling the variance),
+    then one pass writing y in x's dtype."""
+    if same_data(y, x):  # in place: one array for both (see _config.same_data)
+        _layernorm_forward(y, mean, rstd, y, gamma, beta, eps)
+    else:
+        _layernorm_forward(y, mean, rstd, x, gamma, beta, eps)
 
 
 @jit_helper

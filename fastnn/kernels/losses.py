@@ -14,12 +14,16 @@ for the mean and 1 for the sum.
   overflows; gradient ``(1 - t) - w sigmoid(-x)``.
   ``bce_logits_forward_backward`` computes both in one pass, exp(-|x|) once
   per element: ``BCEWithLogitsLoss``'s forward in training mode.
+
+The backward kernels may run in place (``dpred`` the predictions' or the
+targets' memory): each passes the one array for both then
+(``_config.same_data``), so that the loop runs vectorised.
 """
 
 import numpy as np
 from numba import prange
 
-from .._config import is_float64, jit_helper, kernel, typed
+from .._config import is_float64, jit_helper, kernel, same_data, typed
 from ._math import exp_nonpos, log1p_unit
 from ._reduce import chunk_rows, row_chunk_count
 
@@ -34,12 +38,22 @@ def mse_forward(losses, pred, target):
         losses[i] = acc
 
 
-@kernel
-def mse_backward(dpred, pred, target, scale):
+@jit_helper
+def _mse_backward(dpred, pred, target, scale):
     s = typed(pred, 2.0 * scale)
     for i in prange(pred.shape[0]):
         for j in range(pred.shape[1]):
             dpred[i, j] = s * (pred[i, j] - target[i, j])
+
+
+@kernel
+def mse_backward(dpred, pred, target, scale):
+    if same_data(dpred, pred):  # in place: one array for both (see _config.same_data)
+        _mse_backward(dpred, dpred, target, scale)
+    elif same_data(dpred, target):
+        _mse_backward(dpred, pred, dpred, scale)
+    else:
+        _mse_backward(dpred, pred, target, scale)
 
 
 @kernel
@@ -51,14 +65,24 @@ def l1_forward(losses, pred, target):
         losses[i] = acc
 
 
-@kernel
-def l1_backward(dpred, pred, target, scale):
+@jit_helper
+def _l1_backward(dpred, pred, target, scale):
     s = typed(pred, scale)
     zero = typed(pred, 0.0)
     for i in prange(pred.shape[0]):
         for j in range(pred.shape[1]):
             d = pred[i, j] - target[i, j]
             dpred[i, j] = s if d > zero else (-s if d < zero else zero)
+
+
+@kernel
+def l1_backward(dpred, pred, target, scale):
+    if same_data(dpred, pred):  # in place: one array for both (see _config.same_data)
+        _l1_backward(dpred, dpred, target, scale)
+    elif same_data(dpred, target):
+        _l1_backward(dpred, pred, dpred, scale)
+    else:
+        _l1_backward(dpred, pred, target, scale)
 
 
 @kernel
@@ -73,8 +97,8 @@ def huber_forward(losses, pred, target, delta):
         losses[i] = acc
 
 
-@kernel
-def huber_backward(dpred, pred, target, delta, scale):
+@jit_helper
+def _huber_backward(dpred, pred, target, delta, scale):
     s = typed(pred, scale)
     dl = typed(pred, delta)
     for i in prange(pred.shape[0]):
@@ -85,6 +109,16 @@ def huber_backward(dpred, pred, target, delta, scale):
             elif d < -dl:
                 d = -dl
             dpred[i, j] = s * d
+
+
+@kernel
+def huber_backward(dpred, pred, target, delta, scale):
+    if same_data(dpred, pred):  # in place: one array for both (see _config.same_data)
+        _huber_backward(dpred, dpred, target, delta, scale)
+    elif same_data(dpred, target):
+        _huber_backward(dpred, pred, dpred, delta, scale)
+    else:
+        _huber_backward(dpred, pred, target, delta, scale)
 
 
 @jit_helper
@@ -164,8 +198,8 @@ def bce_logits_forward(losses, logits, target, pos_weight):
     _bce_rows(logits, losses, logits, target, pos_weight, typed(logits, 1.0), False)
 
 
-@kernel
-def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
+@jit_helper
+def _bce_logits_backward(dlogits, logits, target, pos_weight, scale):
     one = typed(logits, 1.0)
     s = typed(logits, scale)
     for i in prange(logits.shape[0]):
@@ -173,6 +207,16 @@ def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
             x = logits[i, j]
             t = target[i, j]
             dlogits[i, j] = s * _bce_grad(x, t, one + (pos_weight[j] - one) * t, exp_nonpos(-abs(x)))
+
+
+@kernel
+def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
+    if same_data(dlogits, logits):  # in place: one array for both (see _config.same_data)
+        _bce_logits_backward(dlogits, dlogits, target, pos_weight, scale)
+    elif same_data(dlogits, target):
+        _bce_logits_backward(dlogits, logits, dlogits, pos_weight, scale)
+    else:
+        _bce_logits_backward(dlogits, logits, target, pos_weight, scale)
 
 
 @kernel

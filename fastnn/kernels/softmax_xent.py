@@ -33,7 +33,7 @@ memory works while this row's exps compute.
 import numpy as np
 from numba import prange
 
-from .._config import jit_helper, kernel, typed
+from .._config import jit_helper, kernel, same_data, typed
 from ._math import exp_nonpos, from_ordered_key, ordered_key
 from ._prefetch import prefetch_next
 
@@ -120,15 +120,23 @@ def softmax_xent_forward_labels(probs, losses, logits, labels):
         losses[i] = lse - logits[i, labels[i]]
 
 
-@kernel
-def softmax_xent_backward_labels(dlogits, probs, labels):
-    """dlogits = (probs - onehot(labels)) / N."""
+@jit_helper
+def _softmax_xent_backward_labels(dlogits, probs, labels):
     n, c = probs.shape
     inv_n = typed(probs, 1.0 / n)
     for i in prange(n):
         for j in range(c):
             dlogits[i, j] = probs[i, j] * inv_n
         dlogits[i, labels[i]] -= inv_n
+
+
+@kernel
+def softmax_xent_backward_labels(dlogits, probs, labels):
+    """dlogits = (probs - onehot(labels)) / N."""
+    if same_data(dlogits, probs):  # in place: one array for both (see _config.same_data)
+        _softmax_xent_backward_labels(dlogits, dlogits, labels)
+    else:
+        _softmax_xent_backward_labels(dlogits, probs, labels)
 
 
 @kernel
@@ -146,14 +154,24 @@ def softmax_xent_forward_targets(probs, losses, logits, targets):
         losses[i] = acc
 
 
-@kernel
-def softmax_xent_backward_targets(dlogits, probs, targets):
-    """dlogits = (probs - targets) / N."""
+@jit_helper
+def _softmax_xent_backward_targets(dlogits, probs, targets):
     n, c = probs.shape
     inv_n = typed(probs, 1.0 / n)
     for i in prange(n):
         for j in range(c):
             dlogits[i, j] = (probs[i, j] - targets[i, j]) * inv_n
+
+
+@kernel
+def softmax_xent_backward_targets(dlogits, probs, targets):
+    """dlogits = (probs - targets) / N."""
+    if same_data(dlogits, probs):  # in place: one array for both (see _config.same_data)
+        _softmax_xent_backward_targets(dlogits, dlogits, targets)
+    elif same_data(dlogits, targets):
+        _softmax_xent_backward_targets(dlogits, probs, dlogits)
+    else:
+        _softmax_xent_backward_targets(dlogits, probs, targets)
 
 
 @jit_helper
@@ -177,10 +195,8 @@ def softmax_xent_loss_labels(rowmax, rowsum, losses, logits, labels):
         losses[i] = _keep_row_stats(rowmax, rowsum, logits, i) - logits[i, labels[i]]
 
 
-@kernel
-def softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels):
-    """dlogits = (softmax(logits) - onehot(labels)) / N, the softmax
-    recomputed from ``softmax_xent_loss_labels``'s rowmax and rowsum."""
+@jit_helper
+def _softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels):
     n, c = logits.shape
     inv_n = typed(logits, 1.0 / n)
     for i in prange(n):
@@ -189,6 +205,16 @@ def softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels):
         for j in range(c):
             dlogits[i, j] = (exp_nonpos(logits[i, j] - m) * inv) * inv_n
         dlogits[i, labels[i]] -= inv_n
+
+
+@kernel
+def softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels):
+    """dlogits = (softmax(logits) - onehot(labels)) / N, the softmax
+    recomputed from ``softmax_xent_loss_labels``'s rowmax and rowsum."""
+    if same_data(dlogits, logits):  # in place: one array for both (see _config.same_data)
+        _softmax_xent_grad_labels(dlogits, dlogits, rowmax, rowsum, labels)
+    else:
+        _softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels)
 
 
 @kernel
@@ -207,10 +233,8 @@ def softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets):
         losses[i] = acc
 
 
-@kernel
-def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
-    """dlogits = (softmax(logits) - targets) / N, the softmax recomputed
-    from ``softmax_xent_loss_targets``'s rowmax and rowsum."""
+@jit_helper
+def _softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
     n, c = logits.shape
     inv_n = typed(logits, 1.0 / n)
     for i in prange(n):
@@ -218,6 +242,18 @@ def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
         inv = typed(logits, 1.0 / rowsum[i])
         for j in range(c):
             dlogits[i, j] = (exp_nonpos(logits[i, j] - m) * inv - targets[i, j]) * inv_n
+
+
+@kernel
+def softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets):
+    """dlogits = (softmax(logits) - targets) / N, the softmax recomputed
+    from ``softmax_xent_loss_targets``'s rowmax and rowsum."""
+    if same_data(dlogits, logits):  # in place: one array for both (see _config.same_data)
+        _softmax_xent_grad_targets(dlogits, dlogits, rowmax, rowsum, targets)
+    elif same_data(dlogits, targets):
+        _softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, dlogits)
+    else:
+        _softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets)
 
 
 @jit_helper
