@@ -58,7 +58,10 @@ def gelu_sigmoid(v):
     u = typed(v, GELU_C) * (vc + typed(v, GELU_A) * vc * vc * vc)
     e = exp_nonpos(typed(v, -2.0) * np.abs(u))
     r = typed(v, 1.0) / (typed(v, 1.0) + e)
-    return vc, (r if u >= typed(v, 0.0) else e * r), e * r * r
+    # s = r for u >= 0, e * r below: r * max(e, 1) = r exactly (e <= 1). A
+    # conditional expression here made numba's SSA pass warn once its loop
+    # was inlined twice (the in-place branch of the GELU kernels).
+    return vc, r * max(e, typed(v, u >= typed(v, 0.0))), e * r * r
 
 
 def gelu_value(v):
