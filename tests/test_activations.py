@@ -232,3 +232,15 @@ def test_kernels_in_place_equal_out_of_place(name, dtype, build):
     into_saved = saved.copy()
     bwd(into_saved, dy, into_saved, *extra)
     np.testing.assert_array_equal(into_saved, dx)
+
+
+def test_same_data_compares_start_addresses_in_python_and_compiled():
+    from numba import njit
+
+    from fastnn._config import same_data
+
+    compiled = njit(lambda a, b: same_data(a, b))
+    x = np.arange(12.0)
+    for fn in (same_data, compiled):
+        assert fn(x, x) and fn(x, x.reshape(3, 4)[0]) and fn(x[2:], x[2:7])
+        assert not fn(x, x.copy()) and not fn(x[1:], x[:-1])
