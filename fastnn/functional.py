@@ -261,11 +261,11 @@ def activation_backward(name, dy, saved, *, alpha=0.01, out=None, backend=None):
     """dx for act; ``saved`` is the forward's input x, or its output y for
     sigmoid and tanh (``SAVES_OUTPUT``)."""
     extra = _act_args(name, alpha)
-    saved = V.float_array("y" if name in SAVES_OUTPUT else "x", saved)
+    saved_name = "y" if name in SAVES_OUTPUT else "x"
+    saved = V.float_array(saved_name, saved)
     dy = V.float_array("dy", dy, dtype=saved.dtype)
     V.same_shape("dy", dy, "the forward's input", saved)
-    dx = _new(out, "out", saved.shape, saved.dtype,
-              inputs=(("dy", dy), ("y" if name in SAVES_OUTPUT else "x", saved)))
+    dx = _new(out, "out", saved.shape, saved.dtype, inputs=(("dy", dy), (saved_name, saved)))
     if _finite_maybe and _check_finite:
         _finite(f"{name}_backward", "received", dy=dy)
     bwd = name + "_backward"
