@@ -33,8 +33,13 @@ def test_loss_backward(compare_and_time, randn, rng, case, kind):
                      {"dpred": np.empty_like(pred)}, (pred, target) + extra + (scale,))
 
 
-def test_bce_logits_forward_backward(compare_and_time, randn, rng, case):
-    pred, target, extra = _inputs(randn, rng, case, "bce_logits")
-    compare_and_time("bce_logits_forward_backward", K.bce_logits_forward_backward, R.bce_logits_forward_backward,
-                     {"dpred": np.empty_like(pred), "losses": np.empty(case.shape[0], np.float64)},
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_forward_backward(compare_and_time, randn, rng, case, kind):
+    """The loss modules' training forward: loss, gradient and the module's
+    copy of the targets in one pass."""
+    pred, target, extra = _inputs(randn, rng, case, kind)
+    compare_and_time(f"{kind}_forward_backward", getattr(K, kind + "_forward_backward"),
+                     getattr(R, kind + "_forward_backward"),
+                     {"dpred": np.empty_like(pred), "losses": np.empty(case.shape[0], np.float64),
+                      "kept": np.empty_like(target)},
                      (pred, target) + extra + (1.0 / pred.size,))

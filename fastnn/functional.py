@@ -471,17 +471,21 @@ def pointwise_loss(kind, pred, target, *, reduction="mean", delta=1.0, pos_weigh
     return (loss,) + args
 
 
-def _bce_logits_loss_grad(pred, target, reduction, pos_weight, backend):
-    """``pointwise_loss("bce_logits", ...)`` that also returns d(loss)/d(logits)
-    of the checked (N, C) logits, computed in the same pass: (loss, d,
-    pred2, target2, delta, pos_weight)."""
-    loss, d, args = _pointwise_loss("bce_logits", pred, target, reduction, 1.0, pos_weight, backend, grad=True)
+def _pointwise_loss_grad(kind, pred, target, reduction, delta, pos_weight, backend, keep=None):
+    """``pointwise_loss`` that also returns d(loss)/d(pred) of the checked
+    (N, C) predictions, computed in the same pass: (loss, d, pred2, kept,
+    delta, pos_weight). ``keep(target2)``, given the checked (N, C) targets,
+    returns the array that the same pass copies them into, returned as
+    ``kept`` (target2 itself, or no ``keep``: no copy, kept is target2)."""
+    loss, d, args = _pointwise_loss(kind, pred, target, reduction, delta, pos_weight, backend, grad=True,
+                                    keep=keep)
     return (loss, d) + args
 
 
-def _pointwise_loss(kind, pred, target, reduction, delta, pos_weight, backend, grad):
-    """(loss, d or None, checked args); with ``grad`` (``bce_logits`` only)
-    the gradient too, from ``<kind>_forward_backward`` in the same pass."""
+def _pointwise_loss(kind, pred, target, reduction, delta, pos_weight, backend, grad, keep=None):
+    """(loss, d or None, checked args); with ``grad`` the gradient too (and
+    the checked targets in args replaced by their copy, see
+    ``_pointwise_loss_grad``), from ``<kind>_forward_backward`` in the same pass."""
     args = _loss_args(kind, pred, target, reduction, delta, pos_weight)
     pred2, target2, delta, pos_weight = args
     losses = np.empty(len(pred2), np.float64)
@@ -492,8 +496,10 @@ def _pointwise_loss(kind, pred, target, reduction, delta, pos_weight, backend, g
     d = None
     if grad:
         d = _memory.empty(pred2.shape, pred2.dtype)
-        fn, outputs = getattr(mod, kind + "_forward_backward"), (d, losses)
+        kept = target2 if keep is None else keep(target2)
+        fn, outputs = getattr(mod, kind + "_forward_backward"), (d, losses, kept)
         extra += (1.0 / pred2.size if reduction == "mean" else 1.0,)
+        args = (pred2, kept, delta, pos_weight)
     else:
         fn, outputs = getattr(mod, kind + "_forward"), (losses,)
     if mod is K_loss:

@@ -129,17 +129,27 @@ def _plain(a: np.ndarray) -> np.ndarray:
 def _kept_targets(target: np.ndarray, y, kept) -> np.ndarray:
     """The targets a loss module keeps for its backward: ``target`` (``y``
     checked) itself when the checks made it a new array, else a copy, so that
-    a caller refilling its batch buffer before the backward changes nothing.
-    The copy goes into ``kept`` (the previous forward's) when the shape and
-    dtype match: a fresh (N, C) copy, allocated while the last one was still
-    held, paid for its pages each step (``BCEWithLogitsLoss`` forward +
-    backward, float64 (1024, 1024): 2.5-2.8 ms a step, 0.85-0.88 now)."""
+    a caller refilling its batch buffer before the backward changes nothing
+    (into ``_kept_destination``)."""
+    dest = _kept_destination(target, y, kept)
+    if dest is not target:
+        np.copyto(dest, target)
+    return dest
+
+
+def _kept_destination(target: np.ndarray, y, kept) -> np.ndarray:
+    """Where a loss module copies its checked targets ``target`` (``y``
+    checked): ``target`` itself when the checks made it a new array (no
+    copy), else ``kept`` (the previous forward's copy) when the shape and
+    dtype match, else a new array. A fresh (N, C) copy, allocated while the
+    last one was still held, paid for its pages each step
+    (``BCEWithLogitsLoss`` forward + backward, float64 (1024, 1024): 2.5-2.8
+    ms a step, 0.85-0.88 reusing it)."""
     if target is not y and target.flags.owndata:
         return target
     if kept is not None and kept is not target and kept.shape == target.shape and kept.dtype == target.dtype:
-        np.copyto(kept, target)
         return kept
-    return target.copy()
+    return np.empty_like(target)
 
 
 def _takes_training(forward) -> bool:
@@ -1211,7 +1221,12 @@ _EMPTY2, _EMPTY2_U8, _ZERO_U64 = _inference._EMPTY2, _inference._EMPTY2_U8, _inf
 class _PointwiseLoss(Module):
     """``forward(pred, y)`` returns the loss as a float (``reduction``:
     ``"mean"`` over all elements or ``"sum"``); ``backward()`` returns
-    d(loss)/d(pred), of pred's shape. Targets have the predictions' shape."""
+    d(loss)/d(pred), of pred's shape. Targets have the predictions' shape.
+
+    In training mode the forward also computes the gradient, in the same
+    pass (the predictions and targets read once), and the next
+    ``backward()`` hands it over; in eval mode (or ``forward(...,
+    training=False)``) the backward computes it."""
 
     kind = ""
     classification = False
@@ -1223,20 +1238,22 @@ class _PointwiseLoss(Module):
         self.reduction = reduction
         self.delta, self.pos_weight = 1.0, None
         self._cache = None
-        self._grad = None  # BCE's training forward's gradient, until a backward takes it
+        self._grad = None  # the training forward's gradient, until a backward takes it
 
     def forward(self, pred, y, training=None):
         self._grad = None
-        if self.kind == "bce_logits" and self._is_training(training):
-            # the gradient in the same pass (one exp per element), for the next backward
-            loss, self._grad, p2, t2, delta, pw = F._bce_logits_loss_grad(
-                pred, y, self.reduction, self.pos_weight, self._backend)
+        kept = self._cache[2] if self._cache is not None else None
+        if self._is_training(training):
+            # the gradient, and the module's own copy of the targets, in the same pass
+            loss, self._grad, p2, kept, delta, pw = F._pointwise_loss_grad(
+                self.kind, pred, y, self.reduction, self.delta, self.pos_weight, self._backend,
+                keep=lambda t2: _kept_destination(t2, y, kept))
         else:
             loss, p2, t2, delta, pw = F.pointwise_loss(self.kind, pred, y, reduction=self.reduction,
                                                        delta=self.delta, pos_weight=self.pos_weight,
                                                        backend=self._backend)
-        kept = self._cache[2] if self._cache is not None else None
-        self._cache = (np.shape(pred), p2, _kept_targets(t2, y, kept), delta, pw)
+            kept = _kept_targets(t2, y, kept)
+        self._cache = (np.shape(pred), p2, kept, delta, pw)
         return loss
 
     def backward(self, dout=None):
@@ -1284,12 +1301,8 @@ class BCEWithLogitsLoss(_PointwiseLoss):
     (binary: ``(N, 1)``; multi-label: ``(N, C)``). ``pos_weight: (C,)``
     weighs the positive term of each column, as in PyTorch. Accuracy is
     ``logit > 0`` against ``y >= 0.5``; probabilities:
-    ``fastnn.train.predict_proba(model, X, kind="sigmoid")``.
-
-    In training mode the forward also computes the gradient, in the same
-    pass (exp(-|x|) once per element, the logits and targets read once), and
-    the next ``backward()`` hands it over; in eval mode (or
-    ``forward(..., training=False)``) the backward computes it."""
+    ``fastnn.train.predict_proba(model, X, kind="sigmoid")``. The training
+    forward's gradient costs no second exp (exp(-|x|) once per element)."""
     kind = "bce_logits"
     classification = True
     binary = True  # the "accuracy" metric thresholds each output

@@ -162,23 +162,25 @@ def test_log1p_unit_is_within_four_ulp_of_log1p(dtype):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_bce_loss_grad_in_one_pass_matches_reference_and_the_two_kernels(shape, dtype, reduction):
-    """BCEWithLogitsLoss's training forward: loss and gradient in one pass."""
-    pred, target, kw = _inputs("bce_logits", shape, dtype)
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_grad_in_one_pass_matches_reference_and_the_two_kernels(kind, shape, dtype, reduction):
+    """The loss modules' training forward: loss and gradient in one pass."""
+    pred, target, kw = _inputs(kind, shape, dtype)
+    delta, pos_weight = kw.get("delta", 1.0), kw.get("pos_weight")
 
     def both(backend):
         def run(p, t):
-            loss, d, *_ = F._bce_logits_loss_grad(p, t, reduction, kw["pos_weight"], backend)
+            loss, d, *_ = F._pointwise_loss_grad(kind, p, t, reduction, delta, pos_weight, backend)
             return np.array([loss], dtype), d
         return run
 
     (loss, d), _ = run_both(both("numba"), both("numpy"), lambda: (pred, target), names=["loss", "dpred"])
     assert d.dtype == dtype and d.shape == shape
     ulp = float(np.finfo(dtype).eps)
-    assert loss[0] == pytest.approx(F.pointwise_loss("bce_logits", pred, target, reduction=reduction, **kw)[0],
+    assert loss[0] == pytest.approx(F.pointwise_loss(kind, pred, target, reduction=reduction, **kw)[0],
                                     rel=8 * ulp)
     np.testing.assert_array_equal(  # the same float operations per element as the backward kernel
-        d, F.pointwise_loss_backward("bce_logits", pred, target, reduction=reduction, **kw))
+        d, F.pointwise_loss_backward(kind, pred, target, reduction=reduction, **kw))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -198,23 +200,55 @@ def test_bce_kernels_cover_every_row_of_uneven_chunks(width, n, build, dtype):
     R.bce_logits_forward(losses_ref, pred, target, pos_weight)
     assert_close(losses, losses_ref, "losses", dtype=dtype)
     d, d_ref = np.full_like(pred, np.nan), np.full_like(pred, np.nan)
-    losses2 = np.full(n, np.nan)
-    fwd_bwd(d, losses2, pred, target, pos_weight, 0.5)
+    losses2, kept = np.full(n, np.nan), np.full_like(target, np.nan)
+    fwd_bwd(d, losses2, kept, pred, target, pos_weight, 0.5)
     R.bce_logits_backward(d_ref, pred, target, pos_weight, 0.5)
     np.testing.assert_array_equal(losses2, losses)
     assert_close(d, d_ref, "dlogits")
+    np.testing.assert_array_equal(kept, target)
 
 
-def test_bce_reference_loss_grad_matches_finite_differences():
-    pred, target, kw = _inputs("bce_logits", (4, 5), np.float64)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_backward_kernels_copy_the_targets_unless_kept_is_target(kind, build, dtype):
+    """The training forward's kernel writes the module's copy of the targets
+    in its pass; given the targets themselves as ``kept`` it writes none:
+    the same losses and gradient either way, in both builds."""
+    pred, target, kw = _inputs(kind, (37, 19), dtype)
+    extra = (0.7,) if kind == "huber" else (kw["pos_weight"].astype(dtype),) if kind == "bce_logits" else ()
+    fwd_bwd = getattr(getattr(K, kind + "_forward_backward"), build)
+    d, losses, kept = np.full_like(pred, np.nan), np.full(37, np.nan), np.full_like(target, np.nan)
+    fwd_bwd(d, losses, kept, pred, target, *extra, 0.5)
+    np.testing.assert_array_equal(kept, target)
+    d_ref, losses_ref, kept_ref = np.empty_like(pred), np.empty(37), np.empty_like(target)
+    getattr(R, kind + "_forward_backward")(d_ref, losses_ref, kept_ref, pred, target, *extra, 0.5)
+    assert_close(d, d_ref, "dpred")
+    assert_close(losses, losses_ref, "losses", dtype=dtype)
+    np.testing.assert_array_equal(kept_ref, target)
+    before = target.copy()
+    d2, losses2 = np.full_like(pred, np.nan), np.full(37, np.nan)
+    fwd_bwd(d2, losses2, target, pred, target, *extra, 0.5)
+    np.testing.assert_array_equal(target, before)
+    np.testing.assert_array_equal(d2, d)
+    np.testing.assert_array_equal(losses2, losses)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_loss_grad_matches_finite_differences(kind):
+    pred, target, kw = _inputs(kind, (4, 5), np.float64)
+    if kind == "l1":  # keep away from the kink at pred == target
+        pred = target + np.where(pred >= 0, 0.5, -0.5) + pred * 0.1
+    fwd_bwd = getattr(R, kind + "_forward_backward")
+    extra = tuple(kw.values())  # delta or pos_weight
     d, losses = np.empty_like(pred), np.empty(4)
 
     def loss():
-        R.bce_logits_forward_backward(np.empty_like(pred), losses, pred, target, kw["pos_weight"], 1.0)
+        fwd_bwd(np.empty_like(pred), losses, target, pred, target, *extra, 1.0)
         return float(losses.sum())
 
-    R.bce_logits_forward_backward(d, losses, pred, target, kw["pos_weight"], 1.0)
-    assert_grad_close(d, numeric_grad(loss, pred), "dlogits")
+    fwd_bwd(d, losses, target, pred, target, *extra, 1.0)
+    assert_grad_close(d, numeric_grad(loss, pred), "dpred")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -226,12 +260,13 @@ def test_modules_keep_their_targets_when_the_caller_refills_its_buffer(kind):
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_bce_module_training_and_eval_forwards_give_the_same_backward(backend):
-    pred, target, kw = _inputs("bce_logits", (16, 7), np.float32)
-    mod = nn.BCEWithLogitsLoss(**kw)
+@pytest.mark.parametrize("kind", KINDS)
+def test_module_training_and_eval_forwards_give_the_same_backward(kind, backend):
+    pred, target, kw = _inputs(kind, (16, 7), np.float32)
+    mod = nn.BCEWithLogitsLoss(**kw) if kind == "bce_logits" else MODULES[kind]()
     mod.backend = backend
     check_loss_hands_over_its_gradient(mod, (pred, target), rtol=1e-6, atol=1e-12)
-    flat = nn.BCEWithLogitsLoss()  # (N,) logits come back in their own shape
+    flat = MODULES[kind]()  # (N,) predictions come back in their own shape
     flat.forward(pred[:, 0], target[:, 0])
     assert flat.backward().shape == (16,)
 

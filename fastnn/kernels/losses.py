@@ -12,8 +12,14 @@ for the mean and 1 for the sum.
   ``loss = (1 - t) x + w log(1 + exp(-x))``, computed as
   ``(1 - t) x + w (log1p(exp(-|x|)) + max(-x, 0))`` so that no exp
   overflows; gradient ``(1 - t) - w sigmoid(-x)``.
-  ``bce_logits_forward_backward`` computes both in one pass, exp(-|x|) once
-  per element: ``BCEWithLogitsLoss``'s forward in training mode.
+
+``<kind>_forward_backward(dpred, losses, kept, pred, target, [delta |
+pos_weight,] scale)`` computes both in one pass, the predictions and
+targets read once (BCE: exp(-|x|) once per element), and writes a copy of
+the targets to ``kept`` on the way (``kept`` = ``target`` itself: no copy):
+the loss modules' forward in training mode, whose backward then has
+nothing left to compute, and whose own copy of the targets (for a later
+backward) costs a write instead of a single-threaded ``np.copyto``.
 
 The backward kernels may run in place (``dpred`` the predictions' or the
 targets' memory): each passes the one array for both then
@@ -56,6 +62,29 @@ def mse_backward(dpred, pred, target, scale):
         _mse_backward(dpred, pred, target, scale)
 
 
+@jit_helper
+def _mse_rows(dpred, losses, kept, pred, target, scale, keep):
+    s = typed(pred, 2.0 * scale)
+    for i in prange(pred.shape[0]):
+        acc = 0.0
+        for j in range(pred.shape[1]):
+            t = target[i, j]
+            d = pred[i, j] - t
+            acc += d * d
+            dpred[i, j] = s * d
+            if keep:
+                kept[i, j] = t
+        losses[i] = acc
+
+
+@kernel
+def mse_forward_backward(dpred, losses, kept, pred, target, scale):
+    if same_data(kept, target):  # nothing to copy
+        _mse_rows(dpred, losses, kept, pred, target, scale, False)
+    else:
+        _mse_rows(dpred, losses, kept, pred, target, scale, True)
+
+
 @kernel
 def l1_forward(losses, pred, target):
     for i in prange(pred.shape[0]):
@@ -83,6 +112,30 @@ def l1_backward(dpred, pred, target, scale):
         _l1_backward(dpred, pred, dpred, scale)
     else:
         _l1_backward(dpred, pred, target, scale)
+
+
+@jit_helper
+def _l1_rows(dpred, losses, kept, pred, target, scale, keep):
+    s = typed(pred, scale)
+    zero = typed(pred, 0.0)
+    for i in prange(pred.shape[0]):
+        acc = 0.0
+        for j in range(pred.shape[1]):
+            t = target[i, j]
+            d = pred[i, j] - t
+            acc += abs(d)
+            dpred[i, j] = s if d > zero else (-s if d < zero else zero)
+            if keep:
+                kept[i, j] = t
+        losses[i] = acc
+
+
+@kernel
+def l1_forward_backward(dpred, losses, kept, pred, target, scale):
+    if same_data(kept, target):  # nothing to copy
+        _l1_rows(dpred, losses, kept, pred, target, scale, False)
+    else:
+        _l1_rows(dpred, losses, kept, pred, target, scale, True)
 
 
 @kernel
@@ -122,6 +175,36 @@ def huber_backward(dpred, pred, target, delta, scale):
 
 
 @jit_helper
+def _huber_rows(dpred, losses, kept, pred, target, delta, scale, keep):
+    s = typed(pred, scale)
+    dl = typed(pred, delta)
+    half = typed(pred, 0.5)
+    for i in prange(pred.shape[0]):
+        acc = 0.0
+        for j in range(pred.shape[1]):
+            t = target[i, j]
+            d = pred[i, j] - t
+            a = abs(d)
+            acc += half * a * a if a <= dl else dl * (a - half * dl)
+            if d > dl:
+                d = dl
+            elif d < -dl:
+                d = -dl
+            dpred[i, j] = s * d
+            if keep:
+                kept[i, j] = t
+        losses[i] = acc
+
+
+@kernel
+def huber_forward_backward(dpred, losses, kept, pred, target, delta, scale):
+    if same_data(kept, target):  # nothing to copy
+        _huber_rows(dpred, losses, kept, pred, target, delta, scale, False)
+    else:
+        _huber_rows(dpred, losses, kept, pred, target, delta, scale, True)
+
+
+@jit_helper
 def _bce_loss(x, t, w, e):
     """One element's loss; e = exp(-|x|)."""
     one = typed(x, 1.0)
@@ -143,9 +226,10 @@ _BUFFER_MIN_COLS = 16
 
 
 @jit_helper
-def _bce_rows(dlogits, losses, logits, target, pos_weight, s, grad):
+def _bce_rows(dlogits, losses, kept, logits, target, pos_weight, s, grad, keep):
     """losses[i] = row i's summed loss in float64; with ``grad`` also
-    dlogits = s * d(loss)/d(logits), exp(-|x|) computed once.
+    dlogits = s * d(loss)/d(logits), exp(-|x|) computed once; with ``keep``
+    also kept = target.
 
     float32 writes each row's losses to a buffer and sums it afterwards: a
     float64 accumulator inside the element loop made LLVM vectorise that loop
@@ -171,6 +255,8 @@ def _bce_rows(dlogits, losses, logits, target, pos_weight, s, grad):
                 acc += _bce_loss(x, t, w, e)
                 if grad:
                     dlogits[i, j] = s * _bce_grad(x, t, w, e)
+                if keep:
+                    kept[i, j] = t
             losses[i] = acc
     else:
         nchunks = row_chunk_count(n)
@@ -186,6 +272,8 @@ def _bce_rows(dlogits, losses, logits, target, pos_weight, s, grad):
                     buf[j] = _bce_loss(x, t, w, e)
                     if grad:
                         dlogits[i, j] = s * _bce_grad(x, t, w, e)
+                    if keep:
+                        kept[i, j] = t
                 acc = 0.0
                 for j in range(d):
                     acc += buf[j]
@@ -194,8 +282,8 @@ def _bce_rows(dlogits, losses, logits, target, pos_weight, s, grad):
 
 @kernel
 def bce_logits_forward(losses, logits, target, pos_weight):
-    # no gradient: logits stands in for dlogits, never written
-    _bce_rows(logits, losses, logits, target, pos_weight, typed(logits, 1.0), False)
+    # no gradient, no copy: logits stands in for dlogits and target for kept, never written
+    _bce_rows(logits, losses, target, logits, target, pos_weight, typed(logits, 1.0), False, False)
 
 
 @jit_helper
@@ -220,7 +308,9 @@ def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
 
 
 @kernel
-def bce_logits_forward_backward(dlogits, losses, logits, target, pos_weight, scale):
-    """``bce_logits_forward`` and ``bce_logits_backward`` in one pass: the
-    logits and targets read once, exp(-|x|) computed once."""
-    _bce_rows(dlogits, losses, logits, target, pos_weight, typed(logits, scale), True)
+def bce_logits_forward_backward(dlogits, losses, kept, logits, target, pos_weight, scale):
+    s = typed(logits, scale)
+    if same_data(kept, target):  # nothing to copy
+        _bce_rows(dlogits, losses, kept, logits, target, pos_weight, s, True, False)
+    else:
+        _bce_rows(dlogits, losses, kept, logits, target, pos_weight, s, True, True)

@@ -29,6 +29,29 @@ def huber_backward(dpred, pred, target, delta, scale):
     dpred[...] = scale * np.clip(pred - target, -delta, delta)
 
 
+def _keep(kept, target):
+    if kept is not target:
+        kept[...] = target
+
+
+def mse_forward_backward(dpred, losses, kept, pred, target, scale):
+    mse_forward(losses, pred, target)
+    mse_backward(dpred, pred, target, scale)
+    _keep(kept, target)
+
+
+def l1_forward_backward(dpred, losses, kept, pred, target, scale):
+    l1_forward(losses, pred, target)
+    l1_backward(dpred, pred, target, scale)
+    _keep(kept, target)
+
+
+def huber_forward_backward(dpred, losses, kept, pred, target, delta, scale):
+    huber_forward(losses, pred, target, delta)
+    huber_backward(dpred, pred, target, delta, scale)
+    _keep(kept, target)
+
+
 def bce_logits_forward(losses, logits, target, pos_weight):
     x, t = logits.astype(np.float64), target.astype(np.float64)
     w = 1 + (pos_weight - 1) * t
@@ -42,6 +65,7 @@ def bce_logits_backward(dlogits, logits, target, pos_weight, scale):
     dlogits[...] = scale * ((1 - t) - w * sig_neg)
 
 
-def bce_logits_forward_backward(dlogits, losses, logits, target, pos_weight, scale):
+def bce_logits_forward_backward(dlogits, losses, kept, logits, target, pos_weight, scale):
     bce_logits_forward(losses, logits, target, pos_weight)
     bce_logits_backward(dlogits, logits, target, pos_weight, scale)
+    _keep(kept, target)
