@@ -5,8 +5,9 @@
     python benchmarks/vs_torch.py --help
 
 For each module (Linear (D -> D), ReLU, LeakyReLU, Sigmoid, Tanh, GELU
-(tanh approximation), SiLU, softmax cross-entropy (integer labels),
-BatchNorm, LayerNorm, Dropout(0.2), training mode) and each input shape
+(tanh approximation), SiLU, softmax cross-entropy (integer labels), BCE
+with logits (0/1 targets), MSE, L1 and Huber (delta 1) losses (mean
+reduction), BatchNorm, LayerNorm, Dropout(0.2), training mode) and each input shape
 (N, D), one timed repeat is ``forward(x)`` then ``backward(dy)``, input
 gradient included (parameter gradients too). Each framework runs in its own
 worker process, started without fastnn's environment variables, in
@@ -23,8 +24,9 @@ only at larger sizes, see fastnn/_config.py).
 For the memory-bound modules the table adds GB/s: the bytes the op must move
 at least (forward: read x, write y; backward: read dy and what the forward
 saved, write dx; softmax-CE: read the logits, write dx, which its training
-forward computes; BCE with logits: read the logits and targets, write dx,
-the same; Dropout: recomputes its mask) divided by its time, and the bandwidth of a same-size
+forward computes; the pointwise losses (BCE with logits, MSE, L1, Huber):
+read the predictions and targets, write dx, the same; Dropout: recomputes
+its mask) divided by its time, and the bandwidth of a same-size
 ``np.copyto`` (read + write) timed in the fastnn worker right before each
 op (the same repeats), so that each op is set against the copy of the same
 moment. That copy, one pair of arrays copied again and again, keeps part
@@ -56,14 +58,17 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OPS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax_xent",
-       "bce_logits", "batchnorm", "layernorm", "dropout")
+       "bce_logits", "mse", "l1", "huber", "batchnorm", "layernorm", "dropout")
+# the pointwise losses: fastnn module, PyTorch function
+LOSSES = {"bce_logits": ("BCEWithLogitsLoss", "binary_cross_entropy_with_logits"),
+          "mse": ("MSELoss", "mse_loss"), "l1": ("L1Loss", "l1_loss"), "huber": ("HuberLoss", "huber_loss")}
 # Arrays of the input's size the op must read or write at least (forward + backward).
-PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5,
-          "softmax_xent": 2, "bce_logits": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
+PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5, "softmax_xent": 2,
+          "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
 # Distinct arrays of the input's size an op touches in a forward + backward
 # (its working set): the memory copy cycles through FOOTPRINT // 2 pairs.
-FOOTPRINT = {"relu": 4, "leaky_relu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "silu": 4,
-             "softmax_xent": 2, "bce_logits": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4}
+FOOTPRINT = {"relu": 4, "leaky_relu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "silu": 4, "softmax_xent": 2,
+             "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4}
 SIZES = ("64x256", "1024x1024", "4096x1024")
 DTYPES = ("float32", "float64")
 STRIPPED = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -105,9 +110,9 @@ def fastnn_case(op, n, d, dtype, rng):
             mod.forward(x, labels)
             mod.backward()
         return step
-    if op == "bce_logits":  # mean binary cross-entropy on logits, 0/1 targets
-        target = (rng.random((n, d)) > 0.5).astype(dtype)
-        mod = nn.BCEWithLogitsLoss()
+    if op in LOSSES:  # mean loss; BCE: logits against 0/1 targets, the others against values
+        target = loss_targets(op, n, d, dtype, rng)
+        mod = getattr(nn, LOSSES[op][0])()
 
         def step():
             mod.forward(x, target)
@@ -128,6 +133,12 @@ def fastnn_case(op, n, d, dtype, rng):
     return step
 
 
+def loss_targets(op, n, d, dtype, rng):
+    if op == "bce_logits":
+        return (rng.random((n, d)) > 0.5).astype(dtype)
+    return rng.standard_normal((n, d)).astype(dtype)
+
+
 def torch_case(op, n, d, dtype, rng):
     import torch
 
@@ -141,12 +152,13 @@ def torch_case(op, n, d, dtype, rng):
             x.grad = None
             torch.nn.functional.cross_entropy(x, labels).backward()
         return step
-    if op == "bce_logits":
-        target = torch.from_numpy((rng.random((n, d)) > 0.5).astype(dtype))
+    if op in LOSSES:
+        target = torch.from_numpy(loss_targets(op, n, d, dtype, rng))
+        loss = getattr(torch.nn.functional, LOSSES[op][1])
 
         def step():
             x.grad = None
-            torch.nn.functional.binary_cross_entropy_with_logits(x, target).backward()
+            loss(x, target).backward()
         return step
     mod = {
         "linear": lambda: torch.nn.Linear(d, d, dtype=tdtype),
