@@ -325,13 +325,14 @@ def _xent_run(stage, outputs, inputs, target, backend):
         getattr(R_xent, name)(*outputs, *inputs, target)
 
 
-def _xent_mean(stage, outputs, logits, target, backend):
+def _xent_mean(stage, outputs, logits, target, backend, losses=None):
     """The forward kernel of ``stage`` on checked arrays; returns the mean loss
-    (``outputs`` ends with the per-row losses)."""
+    of the per-row ``losses`` (default: the last of ``outputs``)."""
     if _finite_maybe and _check_finite:
         _finite("softmax_xent_forward", "received", logits=logits)
     _xent_run(stage, outputs, (logits,), target, backend)
-    loss = float(outputs[-1].sum(dtype=np.float64)) / logits.shape[0]  # .mean() costs 3 us more
+    losses = outputs[-1] if losses is None else losses
+    loss = float(losses.sum(dtype=np.float64)) / logits.shape[0]  # .mean() costs 3 us more
     if _finite_maybe and _check_finite:
         _finite("softmax_xent_forward", "produced", loss=np.asarray(loss))
     return loss
@@ -392,15 +393,25 @@ def softmax_xent_loss_grad(logits, target, *, out=None, backend=None):
     return loss, d, stats, target
 
 
-def _softmax_xent_loss_grad(logits, target, backend, out=None):
-    """softmax_xent_loss_grad, also returning the checked logits (the module keeps them)."""
+def _softmax_xent_loss_grad(logits, target, backend, out=None, keep=None):
+    """softmax_xent_loss_grad, also returning the checked logits (the module
+    keeps them): (loss, logits, stats, kept, d). ``keep(target)``, given the
+    checked labels or targets, returns the array to copy them into, returned
+    as ``kept`` (the targets themselves, or no ``keep``: no copy); (N, C)
+    targets are copied by the kernel's own pass."""
     logits = V.float_array("logits", logits, ndim=2)
     n, c = logits.shape
     target = _xent_target(target, n, c, logits.dtype)
     d = _new(out, "out", (n, c), logits.dtype, apart=(("logits", logits), ("target", target)))
     rowmax, rowsum, losses = (np.empty(n, logits.dtype) for _ in range(3))
-    loss = _xent_mean("loss_grad", (d, rowmax, rowsum, losses), logits, target, backend)
-    return loss, logits, (rowmax, rowsum), target, d
+    kept = target if keep is None else keep(target)
+    outputs = (d, rowmax, rowsum, losses)
+    if target.ndim == 2:
+        outputs += (kept,)
+    elif kept is not target:
+        np.copyto(kept, target)  # (N,) labels
+    loss = _xent_mean("loss_grad", outputs, logits, target, backend, losses)
+    return loss, logits, (rowmax, rowsum), kept, d
 
 
 def softmax_xent_grad(logits, stats, target, *, out=None, backend=None):

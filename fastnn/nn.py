@@ -866,14 +866,15 @@ class SoftmaxCrossEntropy(Module):
 
     def forward(self, logits, y, training=None):
         self._grad = None
+        # Own copy of the targets: the backward indexes with the labels without
+        # checking them again, so a caller changing y in between must not reach it.
+        kept = self._target
         if self._is_training(training):
-            loss, self._logits, self._stats, target, self._grad = F._softmax_xent_loss_grad(
-                logits, y, self._backend)
+            loss, self._logits, self._stats, self._target, self._grad = F._softmax_xent_loss_grad(
+                logits, y, self._backend, keep=lambda target: _kept_destination(target, y, kept))
         else:
             loss, self._logits, self._stats, target = F._softmax_xent_loss(logits, y, self._backend)
-        # Own copy: the backward indexes with the labels without checking
-        # them again, so a caller changing y in between must not reach it.
-        self._target = _kept_targets(target, y, self._target)
+            self._target = _kept_targets(target, y, kept)
         return loss
 
     def backward(self, dout=None):

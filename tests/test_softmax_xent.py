@@ -278,7 +278,7 @@ def test_reference_grad_matches_finite_differences(targets):
     grad_fn(d, logits, rowmax.copy(), rowsum.copy(), y)
     numeric = numeric_grad(loss, logits)
     assert_grad_close(d, numeric, "dlogits")
-    both_fn(d, np.empty(4), np.empty(4), np.empty(4), logits, y)
+    both_fn(d, np.empty(4), np.empty(4), np.empty(4), *((y,) if targets else ()), logits, y)
     assert_grad_close(d, numeric, "dlogits (loss_grad)")
 
 
@@ -362,11 +362,26 @@ def test_loss_grad_kernels_called_directly_match_reference(dtype):
     logits, labels = _inputs((5, 33), dtype)
     n, c = logits.shape
     onehot = np.eye(c, dtype=dtype)[labels]
-    for k, r, target in ((K.softmax_xent_loss_grad_labels, R.softmax_xent_loss_grad_labels, labels),
-                         (K.softmax_xent_loss_grad_targets, R.softmax_xent_loss_grad_targets, onehot)):
-        run_both(k, r, lambda: (np.empty((n, c), dtype), np.empty(n, dtype), np.empty(n, dtype),
-                                np.empty(n, dtype), logits, target),
-                 names=["dlogits", "rowmax", "rowsum", "losses"], n_out=4)
+    run_both(K.softmax_xent_loss_grad_labels, R.softmax_xent_loss_grad_labels,
+             lambda: (np.empty((n, c), dtype), np.empty(n, dtype), np.empty(n, dtype), np.empty(n, dtype),
+                      logits, labels),
+             names=["dlogits", "rowmax", "rowsum", "losses"], n_out=4)
+    # (N, C) targets: also a copy of them, written in the same pass
+    (*_, kept), _ = run_both(K.softmax_xent_loss_grad_targets, R.softmax_xent_loss_grad_targets,
+                             lambda: (np.empty((n, c), dtype), np.empty(n, dtype), np.empty(n, dtype),
+                                      np.empty(n, dtype), np.full((n, c), np.nan, dtype), logits, onehot),
+                             names=["dlogits", "rowmax", "rowsum", "losses", "kept"], n_out=5)
+    np.testing.assert_array_equal(kept, onehot)
+    for build in ("serial", "parallel"):  # kept = the targets themselves: nothing written to them
+        k = getattr(K.softmax_xent_loss_grad_targets, build)
+        outs = [np.full((n, c), np.nan, dtype)] + [np.full(n, np.nan, dtype) for _ in range(3)]
+        k(*outs, np.full((n, c), np.nan, dtype), logits, onehot)
+        targets = onehot.copy()
+        outs2 = [np.full_like(a, np.nan) for a in outs]
+        k(*outs2, targets, logits, targets)
+        np.testing.assert_array_equal(targets, onehot)
+        for a, b in zip(outs2, outs):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])

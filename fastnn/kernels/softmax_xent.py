@@ -284,9 +284,8 @@ def softmax_xent_loss_grad_labels(dlogits, rowmax, rowsum, losses, logits, label
         d[labels[i]] -= inv_n
 
 
-@kernel
-def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, logits, targets):
-    """``softmax_xent_loss_targets`` and ``softmax_xent_grad_targets`` in one pass."""
+@jit_helper
+def _softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits, targets, keep):
     n, c = logits.shape
     inv_n = typed(logits, 1.0 / n)
     for i in prange(n):
@@ -300,4 +299,18 @@ def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, logits, targ
             acc += targets[i, j] * (lse - logits[i, j])
         losses[i] = acc
         for j in range(c):
-            d[j] = (d[j] * inv - targets[i, j]) * inv_n
+            t = targets[i, j]
+            d[j] = (d[j] * inv - t) * inv_n
+            if keep:
+                kept[i, j] = t
+
+
+@kernel
+def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits, targets):
+    """``softmax_xent_loss_targets`` and ``softmax_xent_grad_targets`` in one
+    pass, a copy of the targets written to ``kept`` on the way (the module's
+    own, for a later backward; ``kept`` = ``targets``: no copy)."""
+    if same_data(kept, targets):  # nothing to copy
+        _softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits, targets, False)
+    else:
+        _softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits, targets, True)

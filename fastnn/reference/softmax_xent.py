@@ -64,6 +64,8 @@ def softmax_xent_loss_grad_labels(dlogits, rowmax, rowsum, losses, logits, label
     softmax_xent_grad_labels(dlogits, logits, rowmax, rowsum, labels)
 
 
-def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, logits, targets):
+def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits, targets):
     softmax_xent_loss_targets(rowmax, rowsum, losses, logits, targets)
     softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets)
+    if kept is not targets:
+        kept[...] = targets
