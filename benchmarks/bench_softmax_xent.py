@@ -85,3 +85,22 @@ def test_softmax_xent_loss_grad_labels(compare_and_time, randn, rng, case):
                "rowsum": np.empty(n, case.dtype), "losses": np.empty(n, case.dtype)}
     compare_and_time("softmax_xent_loss_grad_labels", K.softmax_xent_loss_grad_labels,
                      R.softmax_xent_loss_grad_labels, outputs, (logits, labels))
+
+
+def test_softmax_xent_loss_grad_targets(compare_and_time, randn, rng, case):
+    logits, _, _ = _logits_probs(randn, rng, case)
+    targets = _soft_targets(randn, case)
+    n = case.shape[0]
+    outputs = {"dlogits": np.empty_like(logits), "rowmax": np.empty(n, case.dtype),
+               "rowsum": np.empty(n, case.dtype), "losses": np.empty(n, case.dtype),
+               "kept": np.empty_like(targets)}
+    compare_and_time("softmax_xent_loss_grad_targets", K.softmax_xent_loss_grad_targets,
+                     R.softmax_xent_loss_grad_targets, outputs, (logits, targets))
+
+
+def test_softmax_xent_target_rows(compare_and_time, randn, case):
+    """The check of (N, C) targets that runs before their loss kernels."""
+    targets = _soft_targets(randn, case)
+    n = case.shape[0]
+    compare_and_time("softmax_xent_target_rows", K.softmax_xent_target_rows, R.softmax_xent_target_rows,
+                     {"sums": np.empty(n, np.float64), "bad": np.empty(n, np.int64)}, (targets,))

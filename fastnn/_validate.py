@@ -141,14 +141,21 @@ def labels_array(name: str, labels, n: int, num_classes: int) -> np.ndarray:
     return labels
 
 
-def targets_array(name: str, targets, shape, dtype) -> np.ndarray:
-    """One-hot or soft targets: (N, C), non-negative, rows summing to 1."""
+def targets_array(name: str, targets, shape, dtype, row_check=None) -> np.ndarray:
+    """One-hot or soft targets: (N, C), non-negative, rows summing to 1.
+    ``row_check(t)``: (each row's sum, each row's count of entries that are
+    not finite and non-negative), computed in one pass (default: NumPy)."""
     t = float_array(name, targets, ndim=2, dtype=dtype)
     if t.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} to match the logits, got {t.shape}")
-    if not np.isfinite(t).all() or (t < 0).any():
+    if row_check is None:
+        finite = np.isfinite(t).all() and not (t < 0).any()
+        sums = t.sum(axis=1) if finite else None
+    else:
+        sums, bad = row_check(t)
+        finite = not bad.any()
+    if not finite:
         raise ValueError(f"{name} must be finite and non-negative (one-hot or probabilities)")
-    sums = t.sum(axis=1)
     tol = 1e-3 if t.dtype == np.float32 else 1e-8
     if np.abs(sums - 1).max() > tol:
         bad = int(np.argmax(np.abs(sums - 1)))

@@ -311,8 +311,15 @@ def _xent_target(target, n, c, dtype):
     (N,) (float labels get "integer class indices" rather than a shape error)."""
     if isinstance(target, np.ndarray) and target.ndim == 2 or (
             isinstance(target, (list, tuple)) and np.ndim(target) == 2):
-        return V.targets_array("y", target, (n, c), dtype)
+        return V.targets_array("y", target, (n, c), dtype, row_check=_target_rows)
     return V.labels_array("y", target, n, c)
+
+
+def _target_rows(t):
+    """(row sums, bad entries per row) of (N, C) targets, one parallel pass."""
+    sums, bad = np.empty(len(t), np.float64), np.empty(len(t), np.int64)
+    K_xent.softmax_xent_target_rows(sums, bad, t, work=_work(K_xent, "softmax_xent_target_rows", t))
+    return sums, bad
 
 
 def _xent_run(stage, outputs, inputs, target, backend):

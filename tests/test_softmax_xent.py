@@ -601,3 +601,49 @@ def test_gradient_kernels_in_place_equal_out_of_place(dtype, build):
         ulp = float(np.finfo(dtype).eps)
         np.testing.assert_allclose(args[k], want, rtol=4 * ulp, atol=4 * ulp * float(np.abs(want).max()),
                                    err_msg=f"{name}, dlogits = argument {k}")
+
+
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_target_rows_kernel_counts_every_bad_entry(dtype, build):
+    """The (N, C) targets' check: each row's sum and its count of NaN,
+    infinite and negative entries, against the reference; -0.0, subnormals
+    and the largest float are good entries."""
+    rng = rng_for("target-rows", np.dtype(dtype).name)
+    finfo = np.finfo(dtype)
+    t = rng.random((37, 19)).astype(dtype)
+    specials = [np.nan, np.inf, -np.inf, -1.0, -finfo.smallest_subnormal, -0.0, finfo.smallest_subnormal, finfo.max]
+    for k, v in enumerate(specials):  # rows 0-7: one special each, at a row-specific column
+        t[k, (3 * k) % 19] = v
+    t[8, :] = np.nan  # a whole row bad
+    t[9, ::2] = -2.0
+    sums, bad = np.full(37, np.nan), np.full(37, -1, np.int64)
+    getattr(K.softmax_xent_target_rows, build)(sums, bad, t)
+    sums_ref, bad_ref = np.empty(37), np.empty(37, np.int64)
+    R.softmax_xent_target_rows(sums_ref, bad_ref, t)
+    np.testing.assert_array_equal(bad, bad_ref)
+    assert list(bad[:10]) == [1, 1, 1, 1, 1, 0, 0, 0, 19, 10] and not bad[10:].any()
+    good = np.isfinite(sums_ref)
+    np.testing.assert_allclose(sums[good], sums_ref[good], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_bad_soft_targets_are_refused_before_any_kernel(backend):
+    from fastnn import nn
+
+    logits = np.zeros((3, 4), np.float32)
+    good = np.full((3, 4), 0.25, np.float32)
+    for v in (np.nan, np.inf, -0.5):
+        t = good.copy()
+        t[2, 1] = v
+        with pytest.raises(ValueError, match="y must be finite and non-negative"):
+            F.softmax_xent_loss_grad(logits, t, backend=backend)
+        mod = nn.SoftmaxCrossEntropy()
+        mod.backend = backend
+        with pytest.raises(ValueError, match="y must be finite and non-negative"):
+            mod.forward(logits, t)
+    t = good.copy()
+    t[1] *= 1.01
+    with pytest.raises(ValueError, match="row 1 sums to 1.01"):
+        F.softmax_xent(logits, t, backend=backend)
+    assert F.softmax_xent_loss_grad(logits, good, backend=backend)[0] == pytest.approx(np.log(4))

@@ -69,3 +69,8 @@ def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits
     softmax_xent_grad_targets(dlogits, logits, rowmax, rowsum, targets)
     if kept is not targets:
         kept[...] = targets
+
+
+def softmax_xent_target_rows(sums, bad, targets):
+    sums[...] = targets.sum(axis=1, dtype=np.float64)
+    bad[...] = (~(np.isfinite(targets) & (targets >= 0))).sum(axis=1)
