@@ -5,7 +5,8 @@
     python benchmarks/vs_torch.py --help
 
 For each module (Linear (D -> D), ReLU, LeakyReLU, Sigmoid, Tanh, GELU
-(tanh approximation), SiLU, softmax cross-entropy (integer labels), BCE
+(tanh approximation), SiLU, softmax cross-entropy (integer labels, and
+probability rows as ``softmax_xent_soft``), BCE
 with logits (0/1 targets), MSE, L1 and Huber (delta 1) losses (mean
 reduction), BatchNorm, LayerNorm, Dropout(0.2), training mode) and each input shape
 (N, D), one timed repeat is ``forward(x)`` then ``backward(dy)``, input
@@ -23,8 +24,8 @@ only at larger sizes, see fastnn/_config.py).
 
 For the memory-bound modules the table adds GB/s: the bytes the op must move
 at least (forward: read x, write y; backward: read dy and what the forward
-saved, write dx; softmax-CE: read the logits, write dx, which its training
-forward computes; the pointwise losses (BCE with logits, MSE, L1, Huber):
+saved, write dx; softmax-CE: read the logits (and soft targets), write dx,
+which its training forward computes; the pointwise losses (BCE with logits, MSE, L1, Huber):
 read the predictions and targets, write dx, the same; Dropout: recomputes
 its mask) divided by its time, and the bandwidth of a same-size
 ``np.copyto`` (read + write) timed in the fastnn worker right before each
@@ -58,17 +59,17 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OPS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax_xent",
-       "bce_logits", "mse", "l1", "huber", "batchnorm", "layernorm", "dropout")
+       "softmax_xent_soft", "bce_logits", "mse", "l1", "huber", "batchnorm", "layernorm", "dropout")
 # the pointwise losses: fastnn module, PyTorch function
 LOSSES = {"bce_logits": ("BCEWithLogitsLoss", "binary_cross_entropy_with_logits"),
           "mse": ("MSELoss", "mse_loss"), "l1": ("L1Loss", "l1_loss"), "huber": ("HuberLoss", "huber_loss")}
 # Arrays of the input's size the op must read or write at least (forward + backward).
 PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5, "softmax_xent": 2,
-          "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
+          "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
 # Distinct arrays of the input's size an op touches in a forward + backward
 # (its working set): the memory copy cycles through FOOTPRINT // 2 pairs.
 FOOTPRINT = {"relu": 4, "leaky_relu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "silu": 4, "softmax_xent": 2,
-             "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4}
+             "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4}
 SIZES = ("64x256", "1024x1024", "4096x1024")
 DTYPES = ("float32", "float64")
 STRIPPED = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -102,8 +103,8 @@ def fastnn_case(op, n, d, dtype, rng):
 
     x = rng.standard_normal((n, d)).astype(dtype)
     dy = rng.standard_normal((n, d)).astype(dtype)
-    if op == "softmax_xent":
-        labels = rng.integers(0, d, n)
+    if op in ("softmax_xent", "softmax_xent_soft"):
+        labels = rng.integers(0, d, n) if op == "softmax_xent" else soft_targets(n, d, dtype, rng)
         mod = nn.SoftmaxCrossEntropy()
 
         def step():
@@ -133,6 +134,12 @@ def fastnn_case(op, n, d, dtype, rng):
     return step
 
 
+def soft_targets(n, d, dtype, rng):
+    """Probability rows (label smoothing's kind of targets)."""
+    t = rng.random((n, d))
+    return (t / t.sum(axis=1, keepdims=True)).astype(dtype)
+
+
 def loss_targets(op, n, d, dtype, rng):
     if op == "bce_logits":
         return (rng.random((n, d)) > 0.5).astype(dtype)
@@ -145,8 +152,8 @@ def torch_case(op, n, d, dtype, rng):
     tdtype = getattr(torch, dtype)
     x = torch.from_numpy(rng.standard_normal((n, d)).astype(dtype)).requires_grad_(True)
     dy = torch.from_numpy(rng.standard_normal((n, d)).astype(dtype))
-    if op == "softmax_xent":
-        labels = torch.from_numpy(rng.integers(0, d, n))
+    if op in ("softmax_xent", "softmax_xent_soft"):
+        labels = torch.from_numpy(rng.integers(0, d, n) if op == "softmax_xent" else soft_targets(n, d, dtype, rng))
 
         def step():
             x.grad = None
@@ -305,7 +312,7 @@ def fmt_time(s):
 
 
 def print_table(rows, args):
-    head = (f"{'op':<13} {'shape':>10} {'dtype':>7} {'fastnn':>10} {'torch':>10} {'ratio':>6} {'rounds':>10} "
+    head = (f"{'op':<17} {'shape':>10} {'dtype':>7} {'fastnn':>10} {'torch':>10} {'ratio':>6} {'rounds':>10} "
             f"{'fastnn GB/s':>11} {'torch GB/s':>10} {'copy GB/s':>9} {'of copy':>7} {'rounds':>9} "
             f"{'of mem copy':>11}")
     print(head)
@@ -316,7 +323,7 @@ def print_table(rows, args):
             f"{100 * r['fastnn_of_copy']:>6.0f}% "
             f"{100 * r['of_copy_rounds'][0]:>3.0f}-{100 * r['of_copy_rounds'][1]:<4.0f}% "
             f"{100 * r['fastnn_of_mem_copy']:>10.0f}%")
-        print(f"{r['op']:<13} {'x'.join(map(str, r['shape'])):>10} {r['dtype']:>7} {fmt_time(r['fastnn_s']):>10} "
+        print(f"{r['op']:<17} {'x'.join(map(str, r['shape'])):>10} {r['dtype']:>7} {fmt_time(r['fastnn_s']):>10} "
               f"{fmt_time(r['torch_s']):>10} {r['ratio']:>6.2f} "
               f"{r['ratio_rounds'][0]:>4.2f}-{r['ratio_rounds'][1]:<5.2f}{gb}")
     slower = sum(r["ratio"] > 1.05 for r in rows)
