@@ -128,9 +128,9 @@ def _plain(a: np.ndarray) -> np.ndarray:
 
 def _kept_targets(target: np.ndarray, y, kept) -> np.ndarray:
     """The targets a loss module keeps for its backward: ``target`` (``y``
-    checked) itself when the checks made it a new array, else a copy, so that
-    a caller refilling its batch buffer before the backward changes nothing
-    (into ``_kept_destination``)."""
+    checked) itself when the checks made it a new array, else a copy (where
+    ``_kept_destination`` says), so that a caller refilling its batch buffer
+    before the backward changes nothing."""
     dest = _kept_destination(target, y, kept)
     if dest is not target:
         np.copyto(dest, target)
@@ -868,13 +868,13 @@ class SoftmaxCrossEntropy(Module):
         self._grad = None
         # Own copy of the targets: the backward indexes with the labels without
         # checking them again, so a caller changing y in between must not reach it.
-        kept = self._target
+        prev = self._target  # the last forward's copy
         if self._is_training(training):
             loss, self._logits, self._stats, self._target, self._grad = F._softmax_xent_loss_grad(
-                logits, y, self._backend, keep=lambda target: _kept_destination(target, y, kept))
+                logits, y, self._backend, keep=lambda target: _kept_destination(target, y, prev))
         else:
             loss, self._logits, self._stats, target = F._softmax_xent_loss(logits, y, self._backend)
-            self._target = _kept_targets(target, y, kept)
+            self._target = _kept_targets(target, y, prev)
         return loss
 
     def backward(self, dout=None):
@@ -1243,17 +1243,17 @@ class _PointwiseLoss(Module):
 
     def forward(self, pred, y, training=None):
         self._grad = None
-        kept = self._cache[2] if self._cache is not None else None
+        prev = self._cache[2] if self._cache is not None else None  # the last forward's copy
         if self._is_training(training):
             # the gradient, and the module's own copy of the targets, in the same pass
             loss, self._grad, p2, kept, delta, pw = F._pointwise_loss_grad(
                 self.kind, pred, y, self.reduction, self.delta, self.pos_weight, self._backend,
-                keep=lambda t2: _kept_destination(t2, y, kept))
+                keep=lambda t2: _kept_destination(t2, y, prev))
         else:
             loss, p2, t2, delta, pw = F.pointwise_loss(self.kind, pred, y, reduction=self.reduction,
                                                        delta=self.delta, pos_weight=self.pos_weight,
                                                        backend=self._backend)
-            kept = _kept_targets(t2, y, kept)
+            kept = _kept_targets(t2, y, prev)
         self._cache = (np.shape(pred), p2, kept, delta, pw)
         return loss
 

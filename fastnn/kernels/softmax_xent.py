@@ -316,6 +316,7 @@ def softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits
     else:
         _softmax_xent_loss_grad_targets(dlogits, rowmax, rowsum, losses, kept, logits, targets, True)
 
+
 @kernel
 def softmax_xent_target_rows(sums, bad, targets):
     """The checks of (N, C) targets before a loss kernel reads them, in one
