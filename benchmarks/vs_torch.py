@@ -10,7 +10,11 @@ probability rows as ``softmax_xent_soft``), BCE
 with logits (0/1 targets), MSE, L1 and Huber (delta 1) losses (mean
 reduction), BatchNorm, LayerNorm, Dropout(0.2), training mode) and each input shape
 (N, D), one timed repeat is ``forward(x)`` then ``backward(dy)``, input
-gradient included (parameter gradients too). Each framework runs in its own
+gradient included (parameter gradients too). The optimizers (SGD with
+momentum 0.9, Adam, AdamW; PyTorch's with ``fused=True``, its fastest CPU
+update) time one ``step()`` on one (N, D) parameter; ``adam_decayed`` is
+Adam on the state of units whose gradient stopped long ago (half the
+gradient zero, those moments subnormal). Each framework runs in its own
 worker process, started without fastnn's environment variables, in
 interleaved rounds (fastnn, torch, fastnn, torch, ...); the time reported
 is the median of every timed repeat of every round (``--repeats`` per round,
@@ -59,17 +63,24 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OPS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax_xent",
-       "softmax_xent_soft", "bce_logits", "mse", "l1", "huber", "batchnorm", "layernorm", "dropout")
+       "softmax_xent_soft", "bce_logits", "mse", "l1", "huber", "batchnorm", "layernorm", "dropout",
+       "sgd_momentum", "adam", "adamw", "adam_decayed")
 # the pointwise losses: fastnn module, PyTorch function
 LOSSES = {"bce_logits": ("BCEWithLogitsLoss", "binary_cross_entropy_with_logits"),
           "mse": ("MSELoss", "mse_loss"), "l1": ("L1Loss", "l1_loss"), "huber": ("HuberLoss", "huber_loss")}
-# Arrays of the input's size the op must read or write at least (forward + backward).
+# The optimizer updates: one step() on one (N, D) parameter; class, hyperparameters.
+OPTIMIZERS = {"sgd_momentum": ("SGD", dict(lr=1e-3, momentum=0.9)), "adam": ("Adam", dict(lr=1e-3)),
+              "adamw": ("AdamW", dict(lr=1e-3, weight_decay=1e-2)), "adam_decayed": ("Adam", dict(lr=1e-3))}
+# Arrays of the input's size the op must read or write at least (forward + backward;
+# an update reads the parameter, its gradient and state, and writes the parameter and state).
 PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5, "softmax_xent": 2,
-          "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4}
+          "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4,
+          "sgd_momentum": 5, "adam": 7, "adamw": 7, "adam_decayed": 7}
 # Distinct arrays of the input's size an op touches in a forward + backward
 # (its working set): the memory copy cycles through FOOTPRINT // 2 pairs.
 FOOTPRINT = {"relu": 4, "leaky_relu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "silu": 4, "softmax_xent": 2,
-             "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4}
+             "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4,
+             "sgd_momentum": 3, "adam": 4, "adamw": 4, "adam_decayed": 4}
 SIZES = ("64x256", "1024x1024", "4096x1024")
 DTYPES = ("float32", "float64")
 STRIPPED = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -99,7 +110,16 @@ def median_time(fn, repeats, warmup):
 
 
 def fastnn_case(op, n, d, dtype, rng):
-    from fastnn import nn
+    from fastnn import nn, optim
+
+    if op in OPTIMIZERS:
+        p, g, state = optimizer_state(op, n, d, dtype, rng)
+        param = nn.Parameter(p)
+        np.copyto(param.grad, g)
+        opt = getattr(optim, OPTIMIZERS[op][0])([param], **OPTIMIZERS[op][1])
+        for name, a in (state or {}).items():
+            np.copyto(opt.state[0][name], a)
+        return opt.step
 
     x = rng.standard_normal((n, d)).astype(dtype)
     dy = rng.standard_normal((n, d)).astype(dtype)
@@ -134,6 +154,26 @@ def fastnn_case(op, n, d, dtype, rng):
     return step
 
 
+def optimizer_state(op, n, d, dtype, rng):
+    """(parameter, gradient, Adam state or None) of shape (N, D). ``adam_decayed``:
+    half the gradient zero and its moments subnormal, the state of units
+    that stopped getting gradient long ago (m and v shrink by beta1 and
+    beta2 each step until they are subnormal; on x86 every arithmetic
+    operation on a subnormal is many times slower unless it is flushed)."""
+    p = rng.standard_normal((n, d)).astype(dtype)
+    g = (0.1 * rng.standard_normal((n, d))).astype(dtype)
+    if op != "adam_decayed":
+        return p, g, None
+    dead = rng.random((n, d)) < 0.5
+    g[dead] = 0
+    m = (0.01 * rng.standard_normal((n, d))).astype(dtype)
+    v = (m * m).astype(dtype)
+    sub = np.finfo(dtype).smallest_normal / 64
+    m[dead] = sub
+    v[dead] = sub
+    return p, g, {"exp_avg": m, "exp_avg_sq": v}
+
+
 def soft_targets(n, d, dtype, rng):
     """Probability rows (label smoothing's kind of targets)."""
     t = rng.random((n, d))
@@ -148,6 +188,18 @@ def loss_targets(op, n, d, dtype, rng):
 
 def torch_case(op, n, d, dtype, rng):
     import torch
+
+    if op in OPTIMIZERS:
+        p, g, state = optimizer_state(op, n, d, dtype, rng)
+        param = torch.nn.Parameter(torch.from_numpy(p))
+        param.grad = torch.from_numpy(g)
+        # fused: PyTorch's fastest CPU update (its default is a loop of tensor ops)
+        opt = getattr(torch.optim, OPTIMIZERS[op][0])([param], **OPTIMIZERS[op][1], fused=True)
+        if state:
+            opt.step()  # creates the state
+            for name, a in state.items():
+                opt.state[param][name].copy_(torch.from_numpy(a))
+        return opt.step
 
     tdtype = getattr(torch, dtype)
     x = torch.from_numpy(rng.standard_normal((n, d)).astype(dtype)).requires_grad_(True)
