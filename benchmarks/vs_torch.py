@@ -6,11 +6,11 @@
 
 For each module (Linear (D -> D), ReLU, LeakyReLU, Sigmoid, Tanh, GELU
 (tanh approximation), SiLU, softmax cross-entropy (integer labels, and
-probability rows as ``softmax_xent_soft``), BCE
-with logits (0/1 targets), MSE, L1 and Huber (delta 1) losses (mean
-reduction), BatchNorm, LayerNorm, Dropout(0.2), training mode) and each input shape
-(N, D), one timed repeat is ``forward(x)`` then ``backward(dy)``, input
-gradient included (parameter gradients too). The optimizers (SGD with
+probability rows as ``softmax_xent_soft``), BCE with logits (0/1
+targets), MSE, L1 and Huber (delta 1) losses (mean reduction), BatchNorm,
+LayerNorm, Dropout(0.2), training mode) and each input shape (N, D), one
+timed repeat is ``forward(x)`` then ``backward(dy)``, input gradient
+included (parameter gradients too). The optimizers (SGD with
 momentum 0.9, Adam, AdamW; PyTorch's with ``fused=True``, its fastest CPU
 update) time one ``step()`` on one (N, D) parameter; ``adam_decayed`` is
 Adam on the state of units whose gradient stopped long ago (half the
@@ -29,9 +29,11 @@ only at larger sizes, see fastnn/_config.py).
 For the memory-bound modules the table adds GB/s: the bytes the op must move
 at least (forward: read x, write y; backward: read dy and what the forward
 saved, write dx; softmax-CE: read the logits (and soft targets), write dx,
-which its training forward computes; the pointwise losses (BCE with logits, MSE, L1, Huber):
-read the predictions and targets, write dx, the same; Dropout: recomputes
-its mask) divided by its time, and the bandwidth of a same-size
+which its training forward computes; the pointwise losses (BCE with
+logits, MSE, L1, Huber): read the predictions and targets, write dx, the
+same; the optimizers: read the parameter, gradient and state, write the
+parameter and state; Dropout: recomputes its mask) divided by its time,
+and the bandwidth of a same-size
 ``np.copyto`` (read + write) timed in the fastnn worker right before each
 op (the same repeats), so that each op is set against the copy of the same
 moment. That copy, one pair of arrays copied again and again, keeps part
@@ -74,12 +76,14 @@ OPTIMIZERS = {"sgd_momentum": ("SGD", dict(lr=1e-3, momentum=0.9)), "adam": ("Ad
 # Arrays of the input's size the op must read or write at least (forward + backward;
 # an update reads the parameter, its gradient and state, and writes the parameter and state).
 PASSES = {"relu": 5, "leaky_relu": 5, "sigmoid": 5, "tanh": 5, "gelu": 5, "silu": 5, "softmax_xent": 2,
-          "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 5, "layernorm": 5, "dropout": 4,
+          "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3,
+          "batchnorm": 5, "layernorm": 5, "dropout": 4,
           "sgd_momentum": 5, "adam": 7, "adamw": 7, "adam_decayed": 7}
 # Distinct arrays of the input's size an op touches in a forward + backward
 # (its working set): the memory copy cycles through FOOTPRINT // 2 pairs.
 FOOTPRINT = {"relu": 4, "leaky_relu": 4, "sigmoid": 4, "tanh": 4, "gelu": 4, "silu": 4, "softmax_xent": 2,
-             "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3, "batchnorm": 4, "layernorm": 4, "dropout": 4,
+             "softmax_xent_soft": 3, "bce_logits": 3, "mse": 3, "l1": 3, "huber": 3,
+             "batchnorm": 4, "layernorm": 4, "dropout": 4,
              "sgd_momentum": 3, "adam": 4, "adamw": 4, "adam_decayed": 4}
 SIZES = ("64x256", "1024x1024", "4096x1024")
 DTYPES = ("float32", "float64")
@@ -379,7 +383,7 @@ def print_table(rows, args):
               f"{fmt_time(r['torch_s']):>10} {r['ratio']:>6.2f} "
               f"{r['ratio_rounds'][0]:>4.2f}-{r['ratio_rounds'][1]:<5.2f}{gb}")
     slower = sum(r["ratio"] > 1.05 for r in rows)
-    print(f"forward + backward, median of {args.repeats} x {args.rounds} round(s) after {args.warmup} warm-up; "
+    print(f"forward + backward (an optimizer: one step()), median of {args.repeats} x {args.rounds} round(s) after {args.warmup} warm-up; "
           f"ratio = fastnn / torch (PyTorch faster where > 1: {slower} of {len(rows)} beyond 5%), "
           f"rounds = min-max over rounds of each round's ratio; "
           f"GB/s = bytes the op must move at least / time, of copy = that against np.copyto timed "
