@@ -288,3 +288,19 @@ def test_backward_kernels_in_place_equal_out_of_place(kind, dtype, build):
     into_target = target.copy()
     bwd(into_target, pred, into_target, *extra, 0.5)
     np.testing.assert_array_equal(into_target, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refused_forward_leaves_the_module_as_it_was(kind):
+    """Bad targets are refused before the module's state (its copy of the
+    last targets, its predictions) changes: the next backward is the last
+    good forward's."""
+    pred, target, kw = _inputs(kind, (16, 7), np.float32)
+    mod = nn.BCEWithLogitsLoss(**kw) if kind == "bce_logits" else MODULES[kind]()
+    mod.forward(pred, target)
+    want = mod.backward()
+    with pytest.raises(ValueError, match="target must have the shape"):
+        mod.forward(pred, target[:, :6])
+    with pytest.raises(TypeError):
+        mod.forward(pred, target.astype(object))
+    np.testing.assert_array_equal(mod.backward(), want)
