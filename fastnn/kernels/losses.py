@@ -85,6 +85,13 @@ def mse_forward_backward(dpred, losses, kept, pred, target, scale):
         _mse_rows(dpred, losses, kept, pred, target, scale, True)
 
 
+@jit_helper
+def _l1_grad(d, s):
+    """One element's s * sign(d), 0 at d = 0 (the backward and the one-pass kernel)."""
+    zero = typed(d, 0.0)
+    return s if d > zero else (-s if d < zero else zero)
+
+
 @kernel
 def l1_forward(losses, pred, target):
     for i in prange(pred.shape[0]):
@@ -97,11 +104,9 @@ def l1_forward(losses, pred, target):
 @jit_helper
 def _l1_backward(dpred, pred, target, scale):
     s = typed(pred, scale)
-    zero = typed(pred, 0.0)
     for i in prange(pred.shape[0]):
         for j in range(pred.shape[1]):
-            d = pred[i, j] - target[i, j]
-            dpred[i, j] = s if d > zero else (-s if d < zero else zero)
+            dpred[i, j] = _l1_grad(pred[i, j] - target[i, j], s)
 
 
 @kernel
@@ -117,14 +122,13 @@ def l1_backward(dpred, pred, target, scale):
 @jit_helper
 def _l1_rows(dpred, losses, kept, pred, target, scale, keep):
     s = typed(pred, scale)
-    zero = typed(pred, 0.0)
     for i in prange(pred.shape[0]):
         acc = 0.0
         for j in range(pred.shape[1]):
             t = target[i, j]
             d = pred[i, j] - t
             acc += abs(d)
-            dpred[i, j] = s if d > zero else (-s if d < zero else zero)
+            dpred[i, j] = _l1_grad(d, s)
             if keep:
                 kept[i, j] = t
         losses[i] = acc
@@ -138,15 +142,31 @@ def l1_forward_backward(dpred, losses, kept, pred, target, scale):
         _l1_rows(dpred, losses, kept, pred, target, scale, True)
 
 
+@jit_helper
+def _huber_loss(d, dl):
+    """One element's loss, d = pred - target, dl = delta."""
+    half = typed(d, 0.5)
+    a = abs(d)
+    return half * a * a if a <= dl else dl * (a - half * dl)
+
+
+@jit_helper
+def _huber_clip(d, dl):
+    """d clipped to [-dl, dl]: one element's gradient before the scale."""
+    if d > dl:
+        d = dl
+    elif d < -dl:
+        d = -dl
+    return d
+
+
 @kernel
 def huber_forward(losses, pred, target, delta):
     dl = typed(pred, delta)
-    half = typed(pred, 0.5)
     for i in prange(pred.shape[0]):
         acc = 0.0
         for j in range(pred.shape[1]):
-            a = abs(pred[i, j] - target[i, j])
-            acc += half * a * a if a <= dl else dl * (a - half * dl)
+            acc += _huber_loss(pred[i, j] - target[i, j], dl)
         losses[i] = acc
 
 
@@ -156,12 +176,7 @@ def _huber_backward(dpred, pred, target, delta, scale):
     dl = typed(pred, delta)
     for i in prange(pred.shape[0]):
         for j in range(pred.shape[1]):
-            d = pred[i, j] - target[i, j]
-            if d > dl:
-                d = dl
-            elif d < -dl:
-                d = -dl
-            dpred[i, j] = s * d
+            dpred[i, j] = s * _huber_clip(pred[i, j] - target[i, j], dl)
 
 
 @kernel
@@ -178,19 +193,13 @@ def huber_backward(dpred, pred, target, delta, scale):
 def _huber_rows(dpred, losses, kept, pred, target, delta, scale, keep):
     s = typed(pred, scale)
     dl = typed(pred, delta)
-    half = typed(pred, 0.5)
     for i in prange(pred.shape[0]):
         acc = 0.0
         for j in range(pred.shape[1]):
             t = target[i, j]
             d = pred[i, j] - t
-            a = abs(d)
-            acc += half * a * a if a <= dl else dl * (a - half * dl)
-            if d > dl:
-                d = dl
-            elif d < -dl:
-                d = -dl
-            dpred[i, j] = s * d
+            acc += _huber_loss(d, dl)
+            dpred[i, j] = s * _huber_clip(d, dl)
             if keep:
                 kept[i, j] = t
         losses[i] = acc
