@@ -355,6 +355,14 @@ def jit_helper(fn):
     return njit(inline="always", **NJIT_FLAGS)(fn)
 
 
+def jit_loop(fn):
+    """Decorator for a loop that a kernel calls once per block of its work:
+    compiled on its own, not inlined, so LLVM optimises it as the top-level
+    loop of a function (inlined into a kernel's loop over blocks, GELU's
+    element loop ran 6% slower)."""
+    return njit(**NJIT_FLAGS)(fn)
+
+
 def typed(like, value):
     """``value`` as a scalar of ``like``'s dtype (inside kernels).
 

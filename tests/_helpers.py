@@ -35,6 +35,72 @@ TOLERANCES = {
 }
 
 
+def subnormal_count(a) -> int:
+    """How many entries of a float array are subnormal (non-zero, below the
+    smallest normal number of its dtype)."""
+    a = np.asarray(a)
+    return int(np.count_nonzero((a != 0) & (np.abs(a) < np.finfo(a.dtype).tiny)))
+
+
+def assert_close_up_to_flush(actual, desired, name, factor=1000.0):
+    """``actual`` from a kernel that flushes subnormals to zero (operands and
+    results, intermediate ones included), ``desired`` from IEEE arithmetic:
+    the dtype's tolerance plus ``factor`` smallest normals, since a flushed
+    intermediate loses up to the smallest normal times the factors applied
+    after it (the activations' inputs here stay below 1000 in magnitude)."""
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    assert subnormal_count(actual) == 0, f"{name} holds {subnormal_count(actual)} subnormals"
+    rtol, atol = TOLERANCES[desired.dtype]
+    mag = float(np.max(np.abs(desired))) if desired.size else 0.0
+    np.testing.assert_allclose(actual, desired, rtol=rtol,
+                               atol=atol * max(mag, 1.0) + factor * float(np.finfo(desired.dtype).tiny),
+                               err_msg=f"{name} differs")
+
+
+def assert_ieee_subnormals_here():
+    """Code outside fastnn's flushing kernels still computes IEEE subnormals:
+    NumPy on this thread, and a numba parallel loop on the pool's threads."""
+    tiny = np.finfo(np.float32).tiny
+    half = np.float32(tiny) * np.float32(0.5)
+    assert half != 0 and half == np.float32(tiny / 2), "the calling thread flushes subnormals"
+    assert np.array([tiny], np.float32)[0] / np.float32(4) != 0
+    x = np.full(64, tiny, np.float32)
+    assert np.all(_halve_in_parallel(x) == np.float32(tiny / 2)), "numba's pool threads flush subnormals"
+
+
+def _halve_in_parallel(x):
+    import numba
+
+    global _halve_compiled
+    if _halve_compiled is None:
+        @numba.njit(parallel=True)
+        def halve(x):
+            out = np.empty_like(x)
+            for i in numba.prange(x.shape[0]):
+                out[i] = x[i] * np.float32(0.5)
+            return out
+        _halve_compiled = halve
+    return _halve_compiled(x)
+
+
+_halve_compiled = None
+
+
+def subnormal_inputs(dtype, n, key):
+    """x and dy on which IEEE arithmetic gives GELU and SiLU subnormal values
+    and gradients: units saturated just above exp's smallest normal result,
+    subnormal inputs, and subnormal entries in a small gradient."""
+    rng = rng_for("act-subnormal", np.dtype(dtype).name, key)
+    tiny = np.finfo(dtype).tiny
+    lo = float(np.log(tiny))  # exp(lo) is the smallest normal number
+    x = randn(rng, n, dtype, 3.0)
+    x[::5] = rng.uniform(lo + 0.5, lo + 8.0, x[::5].size)
+    x[1::7] = tiny * rng.uniform(-1, 1, x[1::7].size)
+    dy = randn(rng, n, dtype, 1e-3)
+    dy[2::5] = tiny * rng.uniform(-1, 1, dy[2::5].size)
+    return x, dy
+
+
 def rng_for(*key) -> np.random.Generator:
     """A generator seeded by a test's own parameters (stable across runs)."""
     # hash() of str is salted per process; crc32 is stable.

@@ -11,8 +11,10 @@ from fastnn import functional as F
 from fastnn.kernels import activations as K
 from fastnn.reference import activations as R
 
-from _helpers import (BIG, DTYPE_IDS, DTYPES, SHAPES, assert_grad_close, backends,
-                      numeric_grad, randn, rng_for, run_both)
+from _helpers import (BIG, DTYPE_IDS, DTYPES, SHAPES, assert_close_up_to_flush, assert_grad_close,
+                      assert_ieee_subnormals_here, backends, numeric_grad, randn, rng_for, run_both,
+                      subnormal_count, subnormal_inputs)
+from fastnn.kernels._fpenv import FLUSHES_SUBNORMALS
 
 NAMES = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu")
 
@@ -244,3 +246,40 @@ def test_same_data_compares_start_addresses_in_python_and_compiled():
     for fn in (same_data, compiled):
         assert fn(x, x) and fn(x, x.reshape(3, 4)[0]) and fn(x[2:], x[2:7])
         assert not fn(x, x.copy()) and not fn(x[1:], x[:-1])
+
+
+# ------------------------------------------------------------ subnormals
+
+
+@pytest.mark.skipif(not FLUSHES_SUBNORMALS, reason="the kernels flush subnormals on x86-64 only")
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", ["gelu", "silu"])
+def test_gelu_and_silu_kernels_flush_subnormals(name, dtype, build):
+    """GELU's and SiLU's kernels run with flush-to-zero (on subnormal operands
+    their arithmetic took x86's slow path, 3x the time): no subnormal in what
+    they store, and agreement with the IEEE reference up to the flushed values.
+    Several blocks and a ragged tail; the caller's mode is restored after."""
+    x, dy = subnormal_inputs(dtype, 3 * K.FLUSH_BLOCK + 77, name)
+    fwd, bwd = (getattr(getattr(K, name + suffix), build) for suffix in ("_forward", "_backward"))
+    y_ref, dx_ref = np.empty_like(x), np.empty_like(x)
+    getattr(R, name + "_forward")(y_ref, x)
+    getattr(R, name + "_backward")(dx_ref, dy, x)
+    assert subnormal_count(y_ref) > 100 and subnormal_count(dx_ref) > 100  # the case is exercised
+    y, dx = np.empty_like(x), np.empty_like(x)
+    fwd(y, x)
+    bwd(dx, dy, x)
+    assert_close_up_to_flush(y, y_ref, f"{name} y")
+    assert_close_up_to_flush(dx, dx_ref, f"{name} dx")
+    assert_ieee_subnormals_here()
+
+
+@pytest.mark.skipif(not FLUSHES_SUBNORMALS, reason="the kernels flush subnormals on x86-64 only")
+def test_activations_without_flush_keep_ieee_subnormals():
+    """The other activations keep IEEE arithmetic: a subnormal input passes
+    ReLU unchanged, and Sigmoid's backward makes subnormal gradients."""
+    tiny = np.finfo(np.float32).tiny
+    x = np.full(8, tiny / 4, np.float32)
+    np.testing.assert_array_equal(F.relu(x), x)
+    dx = F.activation_backward("sigmoid", x, np.full(8, 0.5, np.float32))
+    np.testing.assert_array_equal(dx, np.float32(tiny / 16))

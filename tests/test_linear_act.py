@@ -9,11 +9,13 @@ import fastnn
 from fastnn import nn
 from fastnn.kernels import dropout as KD
 from fastnn.kernels import linear_act as K
+from fastnn.kernels._fpenv import FLUSHES_SUBNORMALS
 from fastnn.kernels.activations import CODES, RELU
 from fastnn.reference import linear_act as R
 
-from _helpers import (DTYPE_IDS, DTYPES, assert_close, assert_grad_close, numeric_grad, randn,
-                      rng_for, run_both)
+from _helpers import (DTYPE_IDS, DTYPES, assert_close, assert_close_up_to_flush, assert_grad_close,
+                      assert_ieee_subnormals_here, numeric_grad, randn, rng_for, run_both,
+                      subnormal_count, subnormal_inputs)
 
 ACTS = sorted(CODES)
 SHAPES = ((1, 5, 3), (5, 33, 17), (64, 784, 256))
@@ -151,3 +153,33 @@ def test_row_offset_gives_the_rows_of_the_whole_batch(act):
         impl.linear_act_forward(y_part, z_part, m_part, x[r0:], W, b, code, 0.01, *hyper, r0)
         np.testing.assert_array_equal(m_part, mask[r0:])
         assert_close(y_part, whole[r0:], "y")
+
+
+@pytest.mark.skipif(not FLUSHES_SUBNORMALS, reason="the kernels flush subnormals on x86-64 only")
+@pytest.mark.parametrize("build", ["serial", "parallel"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("act", ["gelu", "silu"])
+def test_gelu_and_silu_rows_flush_subnormals(act, dtype, build):
+    """The fused kernels' GELU and SiLU rows flush subnormals as the
+    activation kernels do (no subnormal stored, the IEEE reference's values up
+    to them), with dropout; the caller's floating-point mode is restored."""
+    n, h = 64, 131
+    x, dy = subnormal_inputs(dtype, n * h, act)
+    x, dy = x.reshape(n, h), dy.reshape(n, h)
+    code = CODES[act]
+    b = np.zeros(h, dtype)
+    hyper = (np.uint64(5), np.uint64(1), KD.dropout_threshold(0.25), 1.0 / 0.75)
+    outs = []
+    for fwd, bwd in ((getattr(K.bias_act_dropout_forward, build), getattr(K.bias_act_dropout_backward, build)),
+                     (R.bias_act_dropout_forward, R.bias_act_dropout_backward)):
+        y, z, mask = x.copy(), np.empty((n, h), dtype), np.empty((n, h), np.uint8)
+        fwd(y, z, mask, b, code, 0.0, *hyper)
+        dz, db = np.empty((n, h), dtype), np.empty(h, dtype)
+        bwd(dz, db, dy, y, x, mask, code, 0.0, hyper[-1])
+        outs.append((y, dz, mask))
+    (y, dz, mask), (y_ref, dz_ref, mask_ref) = outs
+    np.testing.assert_array_equal(mask, mask_ref)
+    assert subnormal_count(y_ref) > 50 and subnormal_count(dz_ref) > 50  # the case is exercised
+    assert_close_up_to_flush(y, y_ref, f"{act} y")
+    assert_close_up_to_flush(dz, dz_ref, f"{act} dz")
+    assert_ieee_subnormals_here()

@@ -13,17 +13,19 @@ and ``mask: (N, H) uint8`` (1 = kept; empty when there is no dropout).
 ``act`` is a code from ``kernels.activations.CODES``; dropout draws the
 same mask as ``kernels.dropout`` for the same (seed, step) (flat index i * H + j;
 ``(row0 + i) * H + j`` when the rows are rows row0.. of a larger batch).
-Gradients are overwritten.
+Gradients are overwritten. GELU and SiLU run with flush-to-zero, as their
+``kernels.activations`` kernels.
 """
 
 import numpy as np
 from numba import prange
 
 from .._config import kernel, specialise, typed
-from .activations import (GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, gelu_fn,
-                          gelu_grad_fn, identity_fn, identity_grad, leaky_relu_fn,
+from .activations import (GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, flush_rows,
+                          gelu_fn, gelu_grad_fn, identity_fn, identity_grad, leaky_relu_fn,
                           leaky_relu_grad, relu_fn, sigmoid_fn, sigmoid_grad, silu_fn, silu_grad,
                           tanh_fn, tanh_grad)
+from ._fpenv import ftz_begin, ftz_end
 from .dropout import dropout_key, kept
 from .linear import column_sums
 
@@ -81,25 +83,38 @@ def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, s
     save_z = z.size > 0
     drop = mask.size > 0
     no_mask = np.empty(0, np.uint8)
-    for i in prange(n):
-        row = y[i]
-        zrow = z[i] if save_z else row  # not written unless save_z
-        mrow = mask[i] if drop else no_mask
-        base = np.uint32(((row0 + i) * h) & 0xFFFFFFFF)
-        if act == RELU:
-            _FWD_RELU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
-        elif act == LEAKY_RELU:
-            _FWD_LEAKY_RELU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
-        elif act == SIGMOID:
-            _FWD_SIGMOID(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
-        elif act == TANH:
-            _FWD_TANH(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
-        elif act == GELU:
-            _FWD_GELU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
-        elif act == SILU:
-            _FWD_SILU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
-        else:
-            _FWD_IDENTITY(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+    if act != GELU and act != SILU:
+        for i in prange(n):
+            row = y[i]
+            zrow = z[i] if save_z else row  # not written unless save_z
+            mrow = mask[i] if drop else no_mask
+            base = np.uint32(((row0 + i) * h) & 0xFFFFFFFF)
+            if act == RELU:
+                _FWD_RELU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+            elif act == LEAKY_RELU:
+                _FWD_LEAKY_RELU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+            elif act == SIGMOID:
+                _FWD_SIGMOID(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+            elif act == TANH:
+                _FWD_TANH(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+            else:
+                _FWD_IDENTITY(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+    else:
+        # flush-to-zero, as their kernels in kernels.activations: set once
+        # per block of rows (once per row cost (4096, 16) 20%)
+        rows = flush_rows(h)
+        for r in prange((n + rows - 1) // rows):
+            mode = ftz_begin()
+            for i in range(r * rows, min(n, (r + 1) * rows)):
+                row = y[i]
+                zrow = z[i] if save_z else row
+                mrow = mask[i] if drop else no_mask
+                base = np.uint32(((row0 + i) * h) & 0xFFFFFFFF)
+                if act == GELU:
+                    _FWD_GELU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+                else:
+                    _FWD_SILU(row, zrow, mrow, b, a, base, key_lo, key_hi, t, s, save_z, drop)
+            ftz_end(mode)
 
 
 @kernel
@@ -112,24 +127,32 @@ def bias_act_dropout_backward(dz, db, dy, y, z, mask, act, alpha, scale):
     zero = typed(dy, 0.0)
     drop = mask.size > 0
     no_mask = np.empty(0, np.uint8)
-    for i in prange(n):
-        if act == RELU:
-            for j in range(h):
-                dz[i, j] = dy[i, j] * s if y[i, j] > zero else zero
-            continue
-        mrow = mask[i] if drop else no_mask
-        if act == LEAKY_RELU:
-            _BWD_LEAKY_RELU(dz[i], dy[i], z[i], mrow, a, s, drop)
-        elif act == SIGMOID:
-            _BWD_SIGMOID(dz[i], dy[i], z[i], mrow, a, s, drop)
-        elif act == TANH:
-            _BWD_TANH(dz[i], dy[i], z[i], mrow, a, s, drop)
-        elif act == GELU:
-            _BWD_GELU(dz[i], dy[i], z[i], mrow, a, s, drop)
-        elif act == SILU:
-            _BWD_SILU(dz[i], dy[i], z[i], mrow, a, s, drop)
-        else:
-            _BWD_IDENTITY(dz[i], dy[i], z[i], mrow, a, s, drop)
+    if act != GELU and act != SILU:
+        for i in prange(n):
+            if act == RELU:
+                for j in range(h):
+                    dz[i, j] = dy[i, j] * s if y[i, j] > zero else zero
+                continue
+            mrow = mask[i] if drop else no_mask
+            if act == LEAKY_RELU:
+                _BWD_LEAKY_RELU(dz[i], dy[i], z[i], mrow, a, s, drop)
+            elif act == SIGMOID:
+                _BWD_SIGMOID(dz[i], dy[i], z[i], mrow, a, s, drop)
+            elif act == TANH:
+                _BWD_TANH(dz[i], dy[i], z[i], mrow, a, s, drop)
+            else:
+                _BWD_IDENTITY(dz[i], dy[i], z[i], mrow, a, s, drop)
+    else:
+        rows = flush_rows(h)  # flush-to-zero, as in the forward
+        for r in prange((n + rows - 1) // rows):
+            mode = ftz_begin()
+            for i in range(r * rows, min(n, (r + 1) * rows)):
+                mrow = mask[i] if drop else no_mask
+                if act == GELU:
+                    _BWD_GELU(dz[i], dy[i], z[i], mrow, a, s, drop)
+                else:
+                    _BWD_SILU(dz[i], dy[i], z[i], mrow, a, s, drop)
+            ftz_end(mode)
     column_sums(db, dz)
 
 
