@@ -285,8 +285,19 @@ def _source_tag(path: str) -> str:
     return "__" + h.hexdigest()[:10]
 
 
-def _renamed(fn, suffix):
-    f = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+# A kernel that reads the global PARALLEL_BUILD sees True in its parallel
+# build and False in its serial one (numba folds it as a constant), to shape
+# its work for the build that runs it. Such a kernel gets a copy of its
+# module's globals, taken when it is defined: it may use only names defined
+# above it.
+PARALLEL_BUILD = False
+
+
+def _renamed(fn, suffix, parallel=False):
+    scope = fn.__globals__
+    if "PARALLEL_BUILD" in fn.__code__.co_names:
+        scope = {**scope, "PARALLEL_BUILD": parallel}
+    f = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
     f.__qualname__ = fn.__qualname__ + suffix
     return f
 
@@ -320,7 +331,7 @@ class Kernel:
         # Distinct qualnames keep the two builds apart in numba's on-disk cache.
         tag = _source_tag(fn.__code__.co_filename)
         self.serial = njit(**NJIT_FLAGS)(_renamed(fn, "__serial" + tag))
-        self.parallel = njit(parallel=True, **NJIT_FLAGS)(_renamed(fn, tag))
+        self.parallel = njit(parallel=True, **NJIT_FLAGS)(_renamed(fn, tag, parallel=True))
 
     def __call__(self, *args, work: int = 0):
         if work >= PARALLEL_MIN_WORK and not _forked_child and (

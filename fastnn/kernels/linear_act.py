@@ -20,7 +20,7 @@ Gradients are overwritten. GELU and SiLU run with flush-to-zero, as their
 import numpy as np
 from numba import prange
 
-from .._config import kernel, specialise, typed
+from .._config import PARALLEL_BUILD, kernel, specialise, typed
 from .activations import (GELU, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, flush_rows,
                           gelu_fn, gelu_grad_fn, identity_fn, identity_grad, leaky_relu_fn,
                           leaky_relu_grad, relu_fn, sigmoid_fn, sigmoid_grad, silu_fn, silu_grad,
@@ -102,7 +102,7 @@ def bias_act_dropout_forward(y, z, mask, b, act, alpha, seed, step, threshold, s
     else:
         # flush-to-zero, as their kernels in kernels.activations: set once
         # per block of rows (once per row cost (4096, 16) 20%)
-        rows = flush_rows(h)
+        rows = flush_rows(n, h, PARALLEL_BUILD)
         for r in prange((n + rows - 1) // rows):
             mode = ftz_begin()
             for i in range(r * rows, min(n, (r + 1) * rows)):
@@ -143,7 +143,7 @@ def bias_act_dropout_backward(dz, db, dy, y, z, mask, act, alpha, scale):
             else:
                 _BWD_IDENTITY(dz[i], dy[i], z[i], mrow, a, s, drop)
     else:
-        rows = flush_rows(h)  # flush-to-zero, as in the forward
+        rows = flush_rows(n, h, PARALLEL_BUILD)  # flush-to-zero, as in the forward
         for r in prange((n + rows - 1) // rows):
             mode = ftz_begin()
             for i in range(r * rows, min(n, (r + 1) * rows)):
