@@ -6,15 +6,17 @@ import warnings
 
 import numpy as np
 import pytest
+from numba import prange
 
 from fastnn import functional as F
+from fastnn._config import PARALLEL_BUILD, Kernel
 from fastnn.kernels import activations as K
+from fastnn.kernels._fpenv import FLUSHES_SUBNORMALS
 from fastnn.reference import activations as R
 
 from _helpers import (BIG, DTYPE_IDS, DTYPES, SHAPES, assert_close_up_to_flush, assert_grad_close,
                       assert_ieee_subnormals_here, backends, numeric_grad, randn, rng_for, run_both,
                       subnormal_count, subnormal_inputs)
-from fastnn.kernels._fpenv import FLUSHES_SUBNORMALS
 
 NAMES = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu")
 
@@ -174,7 +176,6 @@ def test_non_contiguous_input_works(name):
 
 def test_every_kernel_has_a_cost():
     """functional weights each kernel's work= by its module's COST table."""
-    from fastnn._config import Kernel
     from fastnn.kernels import batchnorm, dropout, layernorm, softmax_xent
 
     for mod in (K, batchnorm, dropout, layernorm, softmax_xent):
@@ -283,3 +284,26 @@ def test_activations_without_flush_keep_ieee_subnormals():
     np.testing.assert_array_equal(F.relu(x), x)
     dx = F.activation_backward("sigmoid", x, np.full(8, 0.5, np.float32))
     np.testing.assert_array_equal(dx, np.float32(tiny / 16))
+
+
+def _which_build(out):
+    for i in prange(out.shape[0]):
+        out[i] = 1 if PARALLEL_BUILD else 0
+
+
+def test_each_kernel_build_sees_its_own_parallel_build_flag():
+    """``_config.PARALLEL_BUILD`` reads False in a Kernel's serial build and
+    True in its parallel one; GELU's and SiLU's kernels size their
+    flush-to-zero blocks by it: one block serially, several in parallel."""
+    which = Kernel(_which_build)
+    out = np.full(4, 7, np.int64)
+    which.serial(out)
+    assert np.all(out == 0)
+    which.parallel(out)
+    assert np.all(out == 1)
+    assert PARALLEL_BUILD is False  # the module's own value is untouched
+    n = 1 << 20
+    assert K.flush_block_size(n, False) == n
+    size = K.flush_block_size(n, True)
+    assert K.FLUSH_BLOCK_MIN <= size <= K.FLUSH_BLOCK and n // size >= 4
+    assert K.flush_block_size(100, True) == K.FLUSH_BLOCK_MIN  # one short block
