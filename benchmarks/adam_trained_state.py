@@ -38,14 +38,13 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from vs_torch import clean_environ  # noqa: E402  (the peers' environment: no fastnn settings, no thread caps)
+
 LIBS = ("fastnn", "torch", "torch_flushed")
-STRIPPED = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")
 TINY = np.finfo(np.float32).tiny
-
-
-def clean_environ():
-    return {k: v for k, v in os.environ.items() if not (k.startswith("FASTNN_") or k in STRIPPED)}
 
 
 def data_worker(args):

@@ -71,14 +71,15 @@ def saturated_state():
             loss_fn = nn.SoftmaxCrossEntropy()
             fit(model, loss_fn, fastnn.optim.Adam(model.parameters(), lr=1e-3), X, y, epochs=1,
                 batch_size=64, seed=0, progress=False)
-            h = model.layers[0].forward(X[:4096], training=True)
-            out = model.layers[4].forward(model.layers[3].forward(model.layers[2].forward(
-                model.layers[1].forward(h, training=True), training=True), training=True), training=True)
-            loss_fn.forward(out, y[:4096])
+            inputs, a = [], X[:4096]
+            for layer in model.layers:  # one by one, to keep each layer's input
+                inputs.append(a)
+                a = layer.forward(a, training=True)
+            loss_fn.forward(a, y[:4096])
             g = loss_fn.backward()
-            for layer in model.layers[4:1:-1]:
+            for layer in model.layers[:1:-1]:  # back to the first activation's output
                 g = layer.backward(g)
-            states[name] = (h.reshape(-1).copy(), g.reshape(-1).copy())
+            states[name] = (inputs[1].reshape(-1).copy(), g.reshape(-1).copy())
         return states[name]
 
     return get

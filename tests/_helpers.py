@@ -101,6 +101,22 @@ def subnormal_inputs(dtype, n, key):
     return x, dy
 
 
+def assert_script_says_no_torch(script, tmp_path):
+    """A benchmark script run where PyTorch cannot be imported says so, exits
+    0 and writes no JSON."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "x.json")
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            f"sys.argv = [{script!r}, '--json', {out!r}]; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "PyTorch is not installed" in proc.stdout
+    assert not (tmp_path / "x.json").exists()
+
+
 def rng_for(*key) -> np.random.Generator:
     """A generator seeded by a test's own parameters (stable across runs)."""
     # hash() of str is salted per process; crc32 is stable.

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from _helpers import assert_script_says_no_torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "adam_trained_state.py")
 
@@ -40,11 +42,4 @@ def test_small_run_writes_every_library(tmp_path):
 
 def test_without_torch_says_so_and_exits_0(tmp_path):
     """The parent checks for PyTorch before starting any worker."""
-    code = ("import importlib.util, runpy, sys; real = importlib.util.find_spec;"
-            "importlib.util.find_spec = lambda n, *a: None if n == 'torch' else real(n, *a);"
-            f"sys.argv = [{SCRIPT!r}, '--json', {str(tmp_path / 'x.json')!r}];"
-            f"runpy.run_path({SCRIPT!r}, run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "PyTorch is not installed" in proc.stdout
-    assert not (tmp_path / "x.json").exists()
+    assert_script_says_no_torch(SCRIPT, tmp_path)

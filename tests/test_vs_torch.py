@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from _helpers import assert_script_says_no_torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "vs_torch.py")
 
@@ -76,13 +78,7 @@ def test_the_copy_baseline_cycles_through_its_pairs():
 
 
 def test_without_torch_it_says_so_and_exits_0(tmp_path):
-    code = ("import runpy, sys; sys.modules['torch'] = None; "
-            f"sys.argv = [{SCRIPT!r}, '--json', {str(tmp_path / 'x.json')!r}]; "
-            f"runpy.run_path({SCRIPT!r}, run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "PyTorch is not installed" in proc.stdout
-    assert not (tmp_path / "x.json").exists()
+    assert_script_says_no_torch(SCRIPT, tmp_path)
 
 
 @pytest.mark.parametrize("args, word", [(["--ops", "relu,conv2d"], "conv2d"), (["--sizes", "64"], "--sizes"),
